@@ -1,0 +1,157 @@
+"""The network of the notes: a multilayer perceptron with a sigmoid on every layer.
+
+Layer-index convention (as in the notes): layer 0 is the input, ``a_0 = x``; layer ``l = 1..L``
+computes ``z_l = W_l a_{l-1} + b_l`` and ``a_l = f(z_l)``; ``y_hat = a_L``. In code the per-layer
+lists are 0-based over the *computing* layers: ``weights[0]`` is ``W_1``. Weights use
+``nn.Linear``'s ``(out, in)`` layout, and examples are rows, so a batch ``x`` is ``(n, n_in)`` and
+``z_l = a_{l-1} @ W_l.T + b_l`` is ``(n, n_l)``.
+
+This module knows nothing of training or Lightning: it is a plain ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["INITS", "SigmoidMLP", "feedforward", "sigmoid", "sigmoid_prime"]
+
+
+def sigmoid(z: Tensor) -> Tensor:
+    """The activation ``f(z) = 1 / (1 + exp(-z))`` (the notes' f)."""
+    return torch.sigmoid(z)
+
+
+def sigmoid_prime(a: Tensor) -> Tensor:
+    """``f'(z) = f(z) (1 - f(z))``, written from the layer's output ``a = f(z)``."""
+    return a * (1 - a)
+
+
+def feedforward(
+    weights: Sequence[Tensor], biases: Sequence[Tensor], x: Tensor
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The forward pass of the notes: ``z_l = W_l a_{l-1} + b_l``, ``a_l = f(z_l)``.
+
+    Returns ``zs = [z_1, ..., z_L]`` and ``activations = [a_0 = x, a_1, ..., a_L]``; with rows as
+    examples, each ``z_l`` and ``a_l`` is ``(n, n_l)``.
+    """
+    zs, activations = [], [x]
+    for W, b in zip(weights, biases):
+        z = activations[-1] @ W.T + b  # (n, n_l)
+        zs.append(z)
+        activations.append(sigmoid(z))  # (n, n_l)
+    return zs, activations
+
+
+# Weight initialization schemes, by name: each fills a (out, in) tensor from a float64 generator.
+# Drawing in float64 on the CPU makes one seed give the same network in any dtype and device.
+def _scaled_normal(shape: tuple[int, int], gen: torch.Generator) -> Tensor:
+    """N(0, 1/n_in): standard deviation 1/sqrt(n_in), the notes' default."""
+    return torch.randn(shape, generator=gen, dtype=torch.float64) / math.sqrt(shape[1])
+
+
+def _scaled_uniform(shape: tuple[int, int], gen: torch.Generator) -> Tensor:
+    """U(-1/sqrt(n_in), 1/sqrt(n_in)) (also the range of ``nn.Linear``'s default)."""
+    bound = 1 / math.sqrt(shape[1])
+    return (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+
+
+def _standard_normal(shape: tuple[int, int], gen: torch.Generator) -> Tensor:
+    """N(0, 1): the notes' "too large" case, which saturates the sigmoids of wide layers."""
+    return torch.randn(shape, generator=gen, dtype=torch.float64)
+
+
+def _zeros(shape: tuple[int, int], gen: torch.Generator) -> Tensor:
+    """All zeros: every hidden unit of a layer stays identical (the symmetry problem)."""
+    return torch.zeros(shape, dtype=torch.float64)
+
+
+INITS: dict[str, Callable[[tuple[int, int], torch.Generator], Tensor]] = {
+    "scaled_normal": _scaled_normal,
+    "scaled_uniform": _scaled_uniform,
+    "standard_normal": _standard_normal,
+    "zeros": _zeros,
+}
+
+
+def _check_sizes(sizes: Sequence[int]) -> list[int]:
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+        raise ValueError(f"sizes must be a list of layer sizes [n_in, ..., n_out], got {sizes!r}")
+    if len(sizes) < 2:
+        raise ValueError(f"sizes={list(sizes)} has no layer: give at least [n_in, n_out] (e.g. [64, 30, 10])")
+    for s in sizes:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise ValueError(f"sizes={list(sizes)}: every layer size must be an integer >= 1, got {s!r}")
+    return list(sizes)
+
+
+class SigmoidMLP(nn.Module):
+    """A sigmoid multilayer perceptron of any depth (the notes' forward pass, any number of layers).
+
+    Args:
+        sizes: ``[n_in, h_1, ..., n_out]``, at least two entries (one layer), each >= 1.
+        init: weight initialization, one of :data:`INITS`: ``"scaled_normal"`` (default,
+            N(0, 1/n_in)), ``"scaled_uniform"``, ``"standard_normal"``, ``"zeros"``.
+        bias_init: the value every bias starts at (the notes suggest 0 or 0.01).
+        seed: seed for the weights; ``None`` draws from torch's global generator.
+
+    Parameters are named ``layers.{i}.weight`` ``(out, in)`` and ``layers.{i}.bias`` ``(out,)``.
+    The network is created in float32 on the CPU; use ``.to(dtype, device)`` as for any module.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        init: str = "scaled_normal",
+        bias_init: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.sizes = _check_sizes(sizes)
+        if init not in INITS:
+            raise ValueError(f"init={init!r} is not a known scheme: use one of {sorted(INITS)}")
+        if (
+            isinstance(bias_init, bool)
+            or not isinstance(bias_init, (int, float))
+            or not math.isfinite(bias_init)
+        ):
+            raise ValueError(f"bias_init={bias_init!r} must be a finite number (e.g. 0.0 or 0.01)")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed={seed!r} must be a non-negative integer or None")
+        self.init, self.bias_init, self.seed = init, float(bias_init), seed
+        self.layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip(self.sizes, self.sizes[1:]))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the weights again with ``init`` and ``seed``; set every bias to ``bias_init``."""
+        # Without a seed, the seed itself comes from torch's global generator (torch.manual_seed).
+        seed = int(torch.randint(0, 2**62, ()).item()) if self.seed is None else self.seed
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.weight.copy_(INITS[self.init](tuple(layer.weight.shape), gen))
+                layer.bias.fill_(self.bias_init)
+
+    @property
+    def weights(self) -> list[Tensor]:
+        """``[W_1, ..., W_L]``, each ``(out, in)``."""
+        return [layer.weight for layer in self.layers]
+
+    @property
+    def biases(self) -> list[Tensor]:
+        """``[b_1, ..., b_L]``, each ``(out,)``."""
+        return [layer.bias for layer in self.layers]
+
+    def forward_pass(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """``(zs, activations)`` of every layer, as backprop needs them (see :func:`feedforward`)."""
+        return feedforward(self.weights, self.biases, x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``y_hat = a_L``, ``(n, n_out)``."""
+        return self.forward_pass(x)[1][-1]
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, init={self.init!r}, bias_init={self.bias_init}"
