@@ -40,9 +40,15 @@ __all__ = [
     "manual_gradients",
     "objective",
     "objective_terms",
+    "reduction_scale",
 ]
 
 REDUCTIONS = ("mean", "sum")
+
+
+def reduction_scale(reduction: str, n: int) -> float:
+    """``s``, the weight of each example's cost: ``1/n`` for ``"mean"``, ``1`` for ``"sum"``."""
+    return 1.0 / n if reduction == "mean" else 1.0
 
 
 def check_objective_args(cost: str, l1: float, l2: float, reduction: str) -> None:
@@ -95,11 +101,11 @@ def objective_terms(
     cost: str = "quadratic",
     l1: float = 0.0,
     l2: float = 0.0,
-    reduction: str = "mean",
+    scale: float = 1.0,
 ) -> dict[str, Tensor]:
-    """``{"J", "cost", "l1", "l2"}``: the objective and its three terms (scalar tensors)."""
+    """``{"J", "cost", "l1", "l2"}``: the objective and its three terms (scalar tensors), each
+    example's cost weighted by ``scale`` (see :func:`reduction_scale`)."""
     zs, activations = feedforward(weights, biases, x)
-    scale = 1.0 / x.shape[0] if reduction == "mean" else 1.0
     data = scale * COSTS[cost].fn(zs[-1], activations[-1], y).sum()
     p1, p2 = l1_penalty(weights, l1), l2_penalty(weights, l2)
     return {"J": data + p1 + p2, "cost": data, "l1": p1, "l2": p2}
@@ -140,11 +146,11 @@ def backprop(
     cost: str = "quadratic",
     l1: float = 0.0,
     l2: float = 0.0,
-    reduction: str = "mean",
+    scale: float = 1.0,
 ) -> Backprop:
-    """Hand-written backpropagation on plain tensors (no checks; see :func:`manual_gradients`)."""
+    """Hand-written backpropagation on plain tensors, each example's cost weighted by ``scale``
+    (no checks; see :func:`manual_gradients`)."""
     zs, activations = feedforward(weights, biases, x)
-    scale = 1.0 / x.shape[0] if reduction == "mean" else 1.0
     ds = deltas(weights, zs, activations, y, cost)
     grad_W = [scale * (d.T @ a) for d, a in zip(ds, activations[:-1])]  # (n_l, n) @ (n, n_{l-1})
     grad_b = [scale * d.sum(dim=0) for d in ds]  # (n_l,)
@@ -184,7 +190,8 @@ def objective(
         reduction: ``"mean"`` (default) or ``"sum"``.
     """
     _check(net, x, y, cost, l1, l2, reduction)
-    terms = objective_terms(net.weights, net.biases, x, y, cost=cost, l1=l1, l2=l2, reduction=reduction)
+    scale = reduction_scale(reduction, x.shape[0])
+    terms = objective_terms(net.weights, net.biases, x, y, cost=cost, l1=l1, l2=l2, scale=scale)
     return terms["J"]
 
 
@@ -202,7 +209,9 @@ def manual_gradients(
     _check(net, x, y, cost, l1, l2, reduction)
     weights = [W.detach() for W in net.weights]
     biases = [b.detach() for b in net.biases]
-    bp = backprop(weights, biases, x, y, cost=cost, l1=l1, l2=l2, reduction=reduction)
+    bp = backprop(
+        weights, biases, x, y, cost=cost, l1=l1, l2=l2, scale=reduction_scale(reduction, x.shape[0])
+    )
     return _by_name(net, bp.grad_W, bp.grad_b)
 
 
@@ -222,7 +231,8 @@ def autograd_gradients(
     weights = [W.detach().requires_grad_() for W in net.weights]
     biases = [b.detach().requires_grad_() for b in net.biases]
     with torch.enable_grad():
-        J = objective_terms(weights, biases, x, y, cost=cost, l1=l1, l2=l2, reduction=reduction)["J"]
+        scale = reduction_scale(reduction, x.shape[0])
+        J = objective_terms(weights, biases, x, y, cost=cost, l1=l1, l2=l2, scale=scale)["J"]
         grads = torch.autograd.grad(J, [*weights, *biases])
     L = len(weights)
     return _by_name(net, grads[:L], grads[L:])

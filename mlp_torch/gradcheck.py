@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from mlp_torch.backprop import _check, autograd_gradients, manual_gradients, objective_terms
+from mlp_torch.backprop import (
+    _check,
+    autograd_gradients,
+    manual_gradients,
+    objective_terms,
+    reduction_scale,
+)
 from mlp_torch.network import SigmoidMLP
 
 __all__ = [
@@ -61,11 +67,10 @@ def finite_difference_gradients(
     net64 = copy.deepcopy(net).double()
     x64, y64 = x.double(), y.double()
     weights, biases = net64.weights, net64.biases
+    scale = reduction_scale(reduction, x.shape[0])
 
     def J() -> float:
-        return float(
-            objective_terms(weights, biases, x64, y64, cost=cost, l1=l1, l2=l2, reduction=reduction)["J"]
-        )
+        return float(objective_terms(weights, biases, x64, y64, cost=cost, l1=l1, l2=l2, scale=scale)["J"])
 
     grads = {}
     for name, p in net64.named_parameters():

@@ -1,0 +1,115 @@
+"""The notes' learning-rate practice as Lightning callbacks.
+
+* J must fall: when the epoch's training J rises, :class:`LearningRateDiagnostics` warns (console
+  and TensorBoard) that the learning rate may be too large, naming both values of J and the rate.
+* A non-finite J stops training at once (:class:`NonFiniteObjectiveError`), naming the update and
+  the rate; the checkpoints already written are kept.
+* Convergence: :class:`ConvergenceStop` stops when the change in training J between epochs stays
+  below a threshold (1e-3 by default) for ``patience`` epochs, and says so.
+
+Both read ``pl_module.epoch_stats``, which :class:`mlp_torch.module.MLPModule` fills each epoch.
+"""
+
+from __future__ import annotations
+
+import math
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+__all__ = ["ConvergenceStop", "LearningRateDiagnostics", "NonFiniteObjectiveError"]
+
+
+class NonFiniteObjectiveError(RuntimeError):
+    """Training J became NaN or infinite."""
+
+
+class LearningRateDiagnostics(Callback):
+    """Warn when the epoch's training J rises; stop with an error when it is not finite.
+
+    Args:
+        warn_on_increase: warn when J rises by more than ``rise_tolerance`` (relative).
+        rise_tolerance: relative rise ignored as noise (0: any rise warns, as the notes say).
+    """
+
+    def __init__(self, warn_on_increase: bool = True, rise_tolerance: float = 0.0) -> None:
+        if not (rise_tolerance >= 0 and math.isfinite(rise_tolerance)):
+            raise ValueError(f"rise_tolerance={rise_tolerance!r} must be a finite number >= 0")
+        self.warn_on_increase, self.rise_tolerance = warn_on_increase, rise_tolerance
+        self.previous_J: float | None = None
+        self.increases: list[str] = []
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        stats = pl_module.epoch_stats
+        J, lr, epoch = stats["J"], stats["lr"], trainer.current_epoch
+        if stats["first_nonfinite_update"] >= 0 or not math.isfinite(J):
+            k = max(stats["first_nonfinite_update"], 0)
+            update = trainer.global_step - stats["updates"] + k + 1
+            ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+            kept = f"; the last good checkpoint is {ckpt}" if ckpt else ""
+            raise NonFiniteObjectiveError(
+                f"training J became non-finite at update {update} (epoch {epoch}, update {k + 1} of "
+                f"{stats['updates']}) with learning rate {lr:g}: the rate is far too large, lower it "
+                f"(e.g. --model.optimizer.lr {lr / 10:g}){kept}"
+            )
+        prev = self.previous_J
+        self.previous_J = J
+        if self.warn_on_increase and prev is not None and J > prev * (1 + self.rise_tolerance):
+            msg = (
+                f"epoch {epoch}: training J rose from {prev:.6g} to {J:.6g} with learning rate {lr:g}; "
+                f"the learning rate may be too large"
+            )
+            self.increases.append(msg)
+            rank_zero_warn(msg, category=RuntimeWarning)
+            if isinstance(trainer.logger, TensorBoardLogger):
+                trainer.logger.experiment.add_text("diagnostics/J_rose", msg, epoch)
+        pl_module.log("diagnostics/J_rose", float(prev is not None and J > prev), on_epoch=True)
+
+    def state_dict(self) -> dict:
+        return {"previous_J": self.previous_J}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.previous_J = state_dict["previous_J"]
+
+
+class ConvergenceStop(Callback):
+    """Stop when ``|J(epoch) - J(epoch - 1)| < threshold`` for ``patience`` epochs in a row.
+
+    Args:
+        threshold: the change in training J counted as no change (the notes: 1e-3).
+        patience: consecutive epochs below the threshold before stopping.
+        enabled: ``False`` turns the stop off (train for ``max_epochs``).
+    """
+
+    def __init__(self, threshold: float = 1e-3, patience: int = 3, enabled: bool = True) -> None:
+        if not (threshold >= 0 and math.isfinite(threshold)):
+            raise ValueError(f"threshold={threshold!r} must be a finite number >= 0")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience={patience!r} must be an integer >= 1")
+        self.threshold, self.patience, self.enabled = threshold, patience, enabled
+        self.previous_J: float | None = None
+        self.count = 0
+        self.reason: str | None = None
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        J = pl_module.epoch_stats.get("J")
+        if J is None:
+            return
+        prev, self.previous_J = self.previous_J, J
+        if prev is None or not self.enabled:
+            return
+        change = abs(J - prev)
+        self.count = self.count + 1 if change < self.threshold else 0
+        if self.count >= self.patience:
+            self.reason = (
+                f"converged at epoch {trainer.current_epoch}: the change in training J was below "
+                f"{self.threshold:g} for {self.patience} epoch(s) in a row (last: {change:.3g})"
+            )
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict:
+        return {"previous_J": self.previous_J, "count": self.count}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.previous_J, self.count = state_dict["previous_J"], state_dict["count"]

@@ -1,0 +1,228 @@
+"""The ``mlp-torch`` command line: LightningCLI's ``fit/validate/test/predict`` plus ``gradcheck``.
+
+It only wires: the model (:class:`MLPModule`), the data (:class:`MLPDataModule`), the notes'
+learning-rate callbacks, checkpoints and the TensorBoard logger. ``fit`` ends by testing the best
+checkpoint (lowest ``val/J``) and printing a summary a person can act on.
+
+Bad input of any kind ends with one line ``mlp-torch: error: ...`` and exit code 2; a training
+run that fails (non-finite J, failed cross-check) ends with one line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from jsonargparse import ArgumentParser
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from mlp_torch.callbacks import ConvergenceStop, LearningRateDiagnostics, NonFiniteObjectiveError
+from mlp_torch.data import MLPDataModule
+from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, CrossCheckError, MLPModule
+
+__all__ = ["MLPCLI", "main"]
+
+PROG = "mlp-torch"
+
+
+class MLPCLI(LightningCLI):
+    """LightningCLI with the data linked into the model and the notes' callbacks always on."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(LearningRateDiagnostics, "diagnostics")
+        parser.add_lightning_class_args(ConvergenceStop, "convergence")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/J",
+                "checkpoint.mode": "min",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch}",
+                "model.optimizer": {
+                    "class_path": "mlp_torch.optim.Momentum",
+                    "init_args": {"lr": DEFAULT_LR, "alpha": DEFAULT_ALPHA},
+                },
+            }
+        )
+        for name in ("n_features", "n_outputs", "task", "target_low", "target_high"):
+            target = "n_inputs" if name == "n_features" else name
+            parser.link_arguments(f"data.{name}", f"model.{target}", apply_on="instantiate")
+        parser.link_arguments("model.dtype", "data.dtype")
+        parser.link_arguments("seed_everything", "model.seed")
+        parser.link_arguments("seed_everything", "data.seed")
+
+    def before_fit(self) -> None:
+        self._started = time.perf_counter()
+        print(f"data: {self.datamodule.describe()}")
+        print(
+            f"model: sizes {self.model.net.sizes}, cost {self.model.hparams.cost}, "
+            f"batch_size {self.model.hparams.batch_size}, grad_source {self.model.hparams.grad_source}"
+        )
+
+    def after_fit(self) -> None:
+        trainer, model = self.trainer, self.model
+        seconds = time.perf_counter() - self._started
+        convergence = next(c for c in trainer.callbacks if isinstance(c, ConvergenceStop))
+        if trainer.interrupted:
+            why = "interrupted"
+        elif convergence.reason:
+            why = convergence.reason
+        else:
+            why = f"reached max_epochs={trainer.max_epochs}"
+        ckpt = trainer.checkpoint_callback
+        best = getattr(ckpt, "best_model_path", "") or None
+        results = trainer.test(model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
+        metrics = results[0] if results else {}
+        hp = {k: v for k, v in model.hparams.items() if isinstance(v, (int, float, str, bool))}
+        hp.update(model.optimizer_hparams())
+        if isinstance(trainer.logger, TensorBoardLogger):
+            final = {f"hp/{k.replace('/', '_')}": float(v) for k, v in metrics.items()}
+            final.update(
+                {
+                    f"hp/{k.replace('/', '_')}": float(v)
+                    for k, v in trainer.callback_metrics.items()
+                    if k.startswith(("val/", "train/"))
+                }
+            )
+            trainer.logger.log_hyperparams(hp, metrics=final)
+            trainer.logger.finalize("success")
+        log_dir = trainer.log_dir or "."
+        lines = ["", "mlp-torch fit: done"]
+        for name in ("test/acc", "test/mse", "test/J"):
+            if name in metrics:
+                value = metrics[name]
+                lines.append(f"  {name:<9} {value:.2%}" if name == "test/acc" else f"  {name:<9} {value:.6g}")
+        lines += [
+            f"  epochs    {trainer.current_epoch} ({why})",
+            f"  tested    {'best checkpoint ' + best if best else 'final weights'}",
+            f"  wall time {seconds:.1f} s",
+            f"  logs      {log_dir}",
+            f"  see them  {_tensorboard()} --logdir {Path(log_dir).parent}",
+        ]
+        print("\n".join(lines))
+
+
+def _tensorboard() -> str:
+    beside = Path(sys.executable).parent / "tensorboard"
+    return str(beside) if beside.exists() else (shutil.which("tensorboard") or "tensorboard")
+
+
+def _fit_cli(args: list[str]) -> None:
+    MLPCLI(
+        MLPModule,
+        MLPDataModule,
+        seed_everything_default=0,
+        trainer_defaults={
+            "max_epochs": 200,
+            "log_every_n_steps": 1,
+            "num_sanity_val_steps": 0,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": ".", "default_hp_metric": False},
+            },
+        },
+        parser_kwargs={
+            "prog": PROG,
+            "exit_on_error": False,
+            "description": "Train the textbook sigmoid MLP. Also: `mlp-torch gradcheck --help`.",
+        },
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+def gradcheck(
+    sizes: list[int] = [4, 5, 3],  # noqa: B006
+    cost: str = "quadratic",
+    l1: float = 0.0,
+    l2: float = 0.0,
+    reduction: str = "mean",
+    init: str = "scaled_normal",
+    bias_init: float = 0.0,
+    batch_size: int = 8,
+    dtype: str = "float64",
+    device: str = "cpu",
+    seed: int = 0,
+) -> bool:
+    """Check hand-written backprop against autograd and float64 finite differences.
+
+    Args:
+        sizes: layer sizes [n_in, ..., n_out].
+        cost: quadratic or cross_entropy.
+        l1: L1 penalty weight.
+        l2: L2 penalty weight.
+        reduction: mean or sum over the batch.
+        init: scaled_normal, scaled_uniform, standard_normal or zeros.
+        bias_init: initial value of every bias.
+        batch_size: examples in the random batch.
+        dtype: float32 or float64.
+        device: cpu or cuda.
+        seed: seed of the network and the batch.
+    """
+    from mlp_torch import SigmoidMLP, gradient_check
+
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    if dtype not in dtypes:
+        raise ValueError(f"dtype={dtype!r} is not one of ['float32', 'float64']")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} is not one of ['cpu', 'cuda']")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA device is available: use --device cpu")
+    if isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    net = SigmoidMLP(sizes, init=init, bias_init=bias_init, seed=seed).to(dtypes[dtype], device)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, sizes[0], generator=gen, dtype=torch.float64)
+    if cost == "cross_entropy":
+        y = torch.eye(sizes[-1], dtype=torch.float64)[torch.randint(sizes[-1], (batch_size,), generator=gen)]
+    else:
+        y = torch.rand(batch_size, sizes[-1], generator=gen, dtype=torch.float64)
+    x, y = x.to(dtypes[dtype], device), y.to(dtypes[dtype], device)
+    report = gradient_check(net, x, y, cost=cost, l1=l1, l2=l2, reduction=reduction)
+    print(
+        f"gradient check: sizes {sizes}, {cost} cost, l1={l1:g}, l2={l2:g}, reduction={reduction}, "
+        f"batch {batch_size}, {dtype} on {device}"
+    )
+    print(report)
+    for failure in report.failures():
+        print(f"FAIL {failure}")
+    return report.passed
+
+
+def _gradcheck_cli(args: list[str]) -> int:
+    parser = ArgumentParser(prog=f"{PROG} gradcheck", exit_on_error=False, description=gradcheck.__doc__)
+    parser.add_function_arguments(gradcheck, as_positional=False)
+    cfg = parser.parse_args(args)
+    return 0 if gradcheck(**vars(cfg)) else 1
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mlp-torch``; returns the exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if args and args[0] == "gradcheck":
+            return _gradcheck_cli(args[1:])
+        _fit_cli(args)
+        return 0
+    except (NonFiniteObjectiveError, CrossCheckError) as err:
+        print(f"{PROG}: training stopped: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except SystemExit as err:  # --help and --print_config exit 0; argument errors are handled above
+        return err.code if isinstance(err.code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
