@@ -10,9 +10,12 @@ run that fails (non-finite J, failed cross-check) ends with one line and exit co
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
+import warnings
+from argparse import ArgumentError
 from pathlib import Path
 
 import torch
@@ -55,6 +58,28 @@ class MLPCLI(LightningCLI):
         parser.link_arguments("model.dtype", "data.dtype")
         parser.link_arguments("seed_everything", "model.seed")
         parser.link_arguments("seed_everything", "data.seed")
+
+    def before_instantiate_classes(self) -> None:
+        """``--ckpt_path last`` resumes the newest ``last.ckpt`` under the logger's folder and keeps
+        logging into that run's version folder (Lightning alone would look only in a new one)."""
+        config = self.config[self.subcommand]
+        ckpt = config.get("ckpt_path")
+        if ckpt is None:
+            return
+        if ckpt == "last":
+            logger = config.trainer.logger
+            save_dir = Path(logger.init_args.save_dir) / (logger.init_args.get("name") or "lightning_logs")
+            found = sorted(save_dir.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+            if not found:
+                raise ValueError(
+                    f"--ckpt_path last: no last.ckpt under {save_dir}/version_*/checkpoints; "
+                    "run `mlp-torch fit` first or give a checkpoint file"
+                )
+            config.ckpt_path = str(found[-1])
+            if self.subcommand == "fit":
+                logger.init_args.version = found[-1].parent.parent.name
+        elif ckpt not in ("best", "hpc") and not Path(ckpt).is_file():
+            raise FileNotFoundError(f"--ckpt_path {ckpt}: no such checkpoint file")
 
     def before_fit(self) -> None:
         self._started = time.perf_counter()
@@ -132,6 +157,7 @@ def _fit_cli(args: list[str]) -> None:
             "description": "Train the textbook sigmoid MLP. Also: `mlp-torch gradcheck --help`.",
         },
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
         args=args,
     )
 
@@ -175,14 +201,14 @@ def gradcheck(
         raise ValueError("device='cuda' but no CUDA device is available: use --device cpu")
     if isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
-    net = SigmoidMLP(sizes, init=init, bias_init=bias_init, seed=seed).to(dtypes[dtype], device)
+    net = SigmoidMLP(sizes, init=init, bias_init=bias_init, seed=seed).to(device=device, dtype=dtypes[dtype])
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, sizes[0], generator=gen, dtype=torch.float64)
     if cost == "cross_entropy":
         y = torch.eye(sizes[-1], dtype=torch.float64)[torch.randint(sizes[-1], (batch_size,), generator=gen)]
     else:
         y = torch.rand(batch_size, sizes[-1], generator=gen, dtype=torch.float64)
-    x, y = x.to(dtypes[dtype], device), y.to(dtypes[dtype], device)
+    x, y = x.to(device=device, dtype=dtypes[dtype]), y.to(device=device, dtype=dtypes[dtype])
     report = gradient_check(net, x, y, cost=cost, l1=l1, l2=l2, reduction=reduction)
     print(
         f"gradient check: sizes {sizes}, {cost} cost, l1={l1:g}, l2={l2:g}, reduction={reduction}, "
@@ -201,23 +227,30 @@ def _gradcheck_cli(args: list[str]) -> int:
     return 0 if gradcheck(**vars(cfg)) else 1
 
 
+def _run(args: list[str]) -> int:
+    if args and args[0] == "gradcheck":
+        return _gradcheck_cli(args[1:])
+    _fit_cli(args)
+    return 0
+
+
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return text or type(err).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``mlp-torch``; returns the exit code."""
+    """Entry point of ``mlp-torch``; returns the exit code. ``MLP_TORCH_DEBUG=1`` shows tracebacks."""
     args = sys.argv[1:] if argv is None else list(argv)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # inside Lightning itself
+    if os.environ.get("MLP_TORCH_DEBUG"):
+        return _run(args)
     try:
-        if args and args[0] == "gradcheck":
-            return _gradcheck_cli(args[1:])
-        _fit_cli(args)
-        return 0
+        return _run(args)
     except (NonFiniteObjectiveError, CrossCheckError) as err:
         print(f"{PROG}: training stopped: {_one_line(err)}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
+    except (ArgumentError, ValueError, TypeError, OSError, KeyError) as err:
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except SystemExit as err:  # --help and --print_config exit 0; argument errors are handled above

@@ -5,8 +5,13 @@ breast_cancer), two generated sets (xor, sine) and the user's own .csv or .npz f
 
 Conventions, fixed here and tested in tests/test_data.py:
 
-* Inputs are standardized, ``x' = (x - mean) / std``, with the mean and (population) std of
-  the TRAINING split only; a constant column gets std 1.
+* Inputs are scaled column by column, ``x' = (x - offset) / scale``, with statistics of the
+  TRAINING split only: ``scaling="minmax"`` (default) maps the training range onto [0, 1]
+  (offset = min, scale = max - min); ``"standard"`` standardizes (offset = mean, scale =
+  population std). A constant column gets scale 1. Min-max is the default because
+  standardizing pixel-like columns that are almost always 0 (digits' border pixels) turns their
+  rare non-zero values into inputs of 10-40, which the sigmoid units then fit to noise: on digits'
+  validation splits (seeds 0-2) the median accuracy rose from 97.5% to 98.3% with min-max.
 * Classification targets are one-hot floats ``(n, n_classes)``; the integer labels sit beside
   them for metrics.
 * Regression targets are ``(n, n_outputs)`` floats, mapped per output from the training range
@@ -42,6 +47,7 @@ GENERATED_TASKS = {"xor": "classification", "sine": "regression"}
 FILE_SUFFIXES = (".csv", ".npz")
 TASKS = ("auto", "classification", "regression")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+SCALINGS = ("minmax", "standard")
 
 MAX_AUTO_CLASSES = 50  # task="auto": at most this many distinct integer/text targets -> classes
 MIN_GENERATED_SAMPLES = 4  # one point per XOR corner
@@ -303,15 +309,20 @@ def _split(
     return train_test_split(indices, test_size=size, random_state=seed, stratify=labels)
 
 
-def standardization_stats(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and population std of ``x_train`` ``(n, d)``; constant columns get std 1."""
+def scaling_stats(x_train: np.ndarray, scaling: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column ``(offset, scale)`` of ``x_train`` ``(n, d)``: ``(min, max - min)`` for
+    ``"minmax"``, ``(mean, population std)`` for ``"standard"``; constant columns get scale 1."""
     constant = np.ptp(x_train, axis=0) == 0  # (d,)
-    return x_train.mean(axis=0), np.where(constant, 1.0, x_train.std(axis=0))
+    if scaling == "minmax":
+        offset, scale = x_train.min(axis=0), np.ptp(x_train, axis=0)
+    else:
+        offset, scale = x_train.mean(axis=0), x_train.std(axis=0)
+    return offset, np.where(constant, 1.0, scale)
 
 
-def standardize(x, mean, std):
-    """``(x - mean) / std``, column by column; for tensors and arrays alike."""
-    return (x - mean) / std
+def scale_inputs(x, offset, scale):
+    """``(x - offset) / scale``, column by column; for tensors and arrays alike."""
+    return (x - offset) / scale
 
 
 def to_unit_range(y: Tensor, low: Tensor | Sequence[float], high: Tensor | Sequence[float]):
@@ -390,8 +401,8 @@ class _Splits:
     classes: list | None
     target_low: list[float] | None
     target_high: list[float] | None
-    x_mean: Tensor  # (n_features,)
-    x_std: Tensor  # (n_features,)
+    x_offset: Tensor  # (n_features,)
+    x_scale: Tensor  # (n_features,)
     x_train: Tensor  # (n_train, n_features)
     y_train: Tensor  # (n_train, n_outputs)
     x_val: Tensor
@@ -433,11 +444,13 @@ class MLPDataModule(LightningDataModule):
         noise: the std of the gaussian noise of "xor" (on the inputs) and "sine" (on the
             target); >= 0.
         dtype: the float type of all input and target tensors.
+        scaling: "minmax" (default, training range onto [0, 1]) or "standard" (zero mean, unit
+            std), both with training-split statistics only.
 
     Everything below loads the data on first use, so it can be read right after construction
     (LightningCLI links ``n_features`` and ``n_outputs`` into the model that way):
     ``n_features``, ``n_outputs``, ``task``, ``classes``, ``target_low``, ``target_high``,
-    ``x_mean``, ``x_std``, ``x_train``, ``y_train``, ``x_val``, ``y_val``, ``x_test``,
+    ``x_offset``, ``x_scale``, ``x_train``, ``y_train``, ``x_val``, ``y_val``, ``x_test``,
     ``y_test``, ``labels_train``, ``labels_val``, ``labels_test``. ``setup()`` moves the
     tensors to the trainer's device, once.
     """
@@ -453,9 +466,13 @@ class MLPDataModule(LightningDataModule):
         n_samples: int = 400,
         noise: float = 0.1,
         dtype: Literal["float32", "float64"] = "float32",
+        scaling: Literal["minmax", "standard"] = "minmax",
     ):
         super().__init__()
         _check_arguments(dataset, target, task, val_fraction, test_fraction, seed, n_samples, noise, dtype)
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling={scaling!r} is not accepted: use one of {', '.join(SCALINGS)}")
+        self.scaling = scaling
         self.dataset = dataset
         self.target = target
         self.requested_task = task  # `task` is the resolved one, after loading
@@ -471,8 +488,8 @@ class MLPDataModule(LightningDataModule):
     classes = _loaded("classes", "Original class labels (int or str) by label; or None.")
     target_low = _loaded("target_low", "Training min of each regression output; or None.")
     target_high = _loaded("target_high", "Training max of each regression output; or None.")
-    x_mean = _loaded("x_mean", "Training mean of each input, (n_features,).")
-    x_std = _loaded("x_std", "Training std of each input (1 if constant), (n_features,).")
+    x_offset = _loaded("x_offset", "Training min or mean of each input, (n_features,).")
+    x_scale = _loaded("x_scale", "Training range or std of each input (1 if constant), (n_features,).")
     x_train = _loaded("x_train", "Standardized training inputs, (n_train, n_features).")
     y_train = _loaded("y_train", "Training targets, (n_train, n_outputs).")
     x_val = _loaded("x_val", "Standardized validation inputs, (n_val, n_features).")
@@ -528,7 +545,7 @@ class MLPDataModule(LightningDataModule):
         return _one_batch_loader(self.x_test, self.y_test)
 
     def _load(self) -> _Splits:
-        """Read, split, standardize and encode the data set, the first time only."""
+        """Read, split, scale and encode the data set, the first time only."""
         if self._splits is None:
             source = (
                 f"data file {self.dataset!r}"
@@ -548,8 +565,8 @@ class MLPDataModule(LightningDataModule):
         indices = split_indices(len(x), self.val_fraction, self.test_fraction, self.seed, stratify)
         splits = dict(zip(("train", "val", "test"), indices, strict=True))
         train = splits["train"]
-        mean, std = standardization_stats(x[train])
-        x = torch.as_tensor(standardize(x, mean, std), dtype=DTYPES[self.dtype])  # (n, d)
+        offset, scale = scaling_stats(x[train], self.scaling)
+        x = torch.as_tensor(scale_inputs(x, offset, scale), dtype=DTYPES[self.dtype])  # (n, d)
         targets = torch.as_tensor(targets)
         if task == "classification":
             y = torch.eye(len(classes), dtype=x.dtype)[targets]  # (n, n_classes) one-hot
@@ -563,8 +580,8 @@ class MLPDataModule(LightningDataModule):
             classes=classes,
             target_low=low,
             target_high=high,
-            x_mean=torch.as_tensor(mean, dtype=x.dtype),
-            x_std=torch.as_tensor(std, dtype=x.dtype),
+            x_offset=torch.as_tensor(offset, dtype=x.dtype),
+            x_scale=torch.as_tensor(scale, dtype=x.dtype),
             **{f"x_{name}": x[index] for name, index in splits.items()},
             **{f"y_{name}": y[index] for name, index in splits.items()},
             **{

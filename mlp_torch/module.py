@@ -30,7 +30,7 @@ from typing import Literal
 import lightning.pytorch as L
 import torch
 import torchmetrics
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
@@ -44,7 +44,7 @@ __all__ = ["CrossCheckError", "MLPModule"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 NEAR_ZERO = 1e-3  # |w| below this counts as "near zero" in the sparsity/ fractions (L1's effect)
-DEFAULT_LR, DEFAULT_ALPHA = 0.5, 0.9  # Momentum's settings when no optimizer is given
+DEFAULT_LR, DEFAULT_ALPHA = 2.0, 0.9  # Momentum's settings when no optimizer is given
 
 
 class CrossCheckError(RuntimeError):
@@ -70,7 +70,9 @@ class MLPModule(L.LightningModule):
         init, bias_init: initialization (see :class:`SigmoidMLP`).
         seed: seeds the weights and the shuffle order.
         optimizer: a callable ``params -> Optimizer``, e.g. a class of :mod:`mlp_torch.optim`;
-            ``None`` means ``Momentum(lr=0.5, alpha=0.9)``.
+            ``None`` means ``Momentum(lr=2.0, alpha=0.9)``.
+        lr_scheduler: a callable ``optimizer -> LRScheduler`` (e.g. ``ExponentialLR``), stepped
+            once per epoch; ``None``: a constant rate.
         batch_size: ``"full"`` (batch GD), ``1`` (stochastic GD) or examples per mini-batch.
         chunk_size: with ``batch_size="full"``, examples per chunk when accumulating (``None``: all).
         grad_source: ``"manual"`` (hand-written backprop) or ``"autograd"`` drives the updates.
@@ -98,7 +100,8 @@ class MLPModule(L.LightningModule):
         bias_init: float = 0.0,
         seed: int = 0,
         optimizer: OptimizerCallable | None = None,
-        batch_size: int | Literal["full"] = 32,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        batch_size: int | Literal["full"] = 16,
         chunk_size: int | None = None,
         grad_source: Literal["manual", "autograd"] = "manual",
         crosscheck_every_n_steps: int = 0,
@@ -126,11 +129,11 @@ class MLPModule(L.LightningModule):
             raise ValueError(f"crosscheck_tolerance={crosscheck_tolerance!r} must be > 0 (or null)")
         if task == "regression" and (target_low is None or target_high is None):
             raise ValueError("task='regression' needs target_low and target_high (the data links them)")
-        self.save_hyperparameters(ignore=["optimizer"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.automatic_optimization = False
         self.net = SigmoidMLP([n_inputs, *hidden_sizes, n_outputs], init=init, bias_init=bias_init, seed=seed)
         self.net.to(DTYPES[dtype])
-        self.optimizer_factory = optimizer
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.objective_kw = dict(cost=cost, l1=l1, l2=l2)
         self.crosscheck_tolerance = crosscheck_tolerance or TOLERANCES[DTYPES[dtype]]["manual_vs_autograd"]
         if task == "classification":
@@ -234,16 +237,30 @@ class MLPModule(L.LightningModule):
         self.log("lr", self.epoch_stats["lr"], on_step=False, on_epoch=True)
         if self.crosscheck_errors:
             self.log("gradcheck/max_rel_err", max(self.crosscheck_errors), on_step=False, on_epoch=True)
+        self._log_layers()
 
     def on_train_epoch_end(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+
+    def _log_layers(self) -> None:
+        """Per layer: the fraction of weights near zero; histograms of weights and gradients (the
+        last update's). Done in the training step: Lightning drops ``.grad`` before validation."""
         for i, W in enumerate(self.net.weights):
-            self.log(f"sparsity/layer_{i}", (W.abs() < NEAR_ZERO).float().mean(), on_epoch=True)
-        if self.hparams.histograms and isinstance(self.logger, TensorBoardLogger):
-            tb = self.logger.experiment
-            for name, p in self.net.named_parameters():
-                tb.add_histogram(f"weights/{name}", p.detach(), self.current_epoch)
-                if p.grad is not None:
-                    tb.add_histogram(f"grads/{name}", p.grad, self.current_epoch)
+            self.log(
+                f"sparsity/layer_{i}", (W.abs() < NEAR_ZERO).float().mean(), on_step=False, on_epoch=True
+            )
+        if not (self.hparams.histograms and isinstance(self.logger, TensorBoardLogger)):
+            return
+        tb = self.logger.experiment
+        for name, p in self.net.named_parameters():
+            for kind, t in (("weights", p.detach()), ("grads", p.grad)):
+                if t is not None and bool(torch.isfinite(t).all()):  # TensorBoard rejects inf/NaN
+                    try:
+                        tb.add_histogram(f"{kind}/{name}", t, self.current_epoch)
+                    except ValueError:  # values so large that the bin edges overflow
+                        pass
 
     # ---- evaluation -----------------------------------------------------------------------
 
@@ -275,10 +292,14 @@ class MLPModule(L.LightningModule):
             return y_hat.argmax(dim=1)
         return from_unit_range(y_hat, self.hparams.target_low, self.hparams.target_high)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
         if self.optimizer_factory is None:
-            return Momentum(self.net.parameters(), lr=DEFAULT_LR, alpha=DEFAULT_ALPHA)
-        return self.optimizer_factory(self.net.parameters())
+            optimizer = Momentum(self.net.parameters(), lr=DEFAULT_LR, alpha=DEFAULT_ALPHA)
+        else:
+            optimizer = self.optimizer_factory(self.net.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
 
     def optimizer_hparams(self) -> dict[str, object]:
         """The optimizer's class and settings, for the HParams tab."""

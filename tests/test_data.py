@@ -97,18 +97,34 @@ def test_zero_fractions_leave_empty_splits():
     assert dm.val_dataloader() == [] and dm.test_dataloader() == []
 
 
-def test_standardization_uses_training_statistics_only(digits):
+def test_minmax_scaling_uses_training_statistics_only(digits):
+    assert digits.scaling == "minmax"
+    x = digits.x_train
+    constant = x.amax(0) == x.amin(0)  # blank border pixels
+    assert constant.any() and (digits.x_scale[constant] == 1).all()
+    assert constant.any() and (x[:, constant] == 0).all()
+    torch.testing.assert_close(x[:, ~constant].amin(0), torch.zeros(int((~constant).sum())))
+    torch.testing.assert_close(x[:, ~constant].amax(0), torch.ones(int((~constant).sum())))
+    iris = MLPDataModule("iris")
+    raw = iris.x_train * iris.x_scale + iris.x_offset  # (90, 4)
+    torch.testing.assert_close(raw.amin(0), iris.x_offset)
+    val = digits.x_val[:, ~constant]
+    assert val.amin() < 0 or val.amax() > 1 or not torch.equal(val.amax(0), torch.ones(val.shape[1]))
+
+
+def test_standardization_uses_training_statistics_only():
+    digits = MLPDataModule("digits", scaling="standard")
     torch.testing.assert_close(digits.x_train.mean(0), torch.zeros(64), atol=1e-5, rtol=0)
     std = digits.x_train.std(0, correction=0)
-    constant = digits.x_std == 1  # digits has blank border pixels
+    constant = digits.x_scale == 1  # digits has blank border pixels
     assert constant.any() and (digits.x_train[:, constant] == 0).all()
     torch.testing.assert_close(std[~constant], torch.ones(int((~constant).sum())))
     assert digits.x_val.mean(0).abs().max() > 0.01  # val is scaled by train stats, not its own
-    # x_mean is the mean of the raw training inputs, not of the whole set
-    iris = MLPDataModule("iris")
-    raw_train = iris.x_train * iris.x_std + iris.x_mean  # (90, 4)
-    torch.testing.assert_close(raw_train.mean(0), iris.x_mean)
-    assert not torch.allclose(iris.x_mean, torch.tensor(load_iris().data.mean(0)).float())
+    # x_offset is the mean of the raw training inputs, not of the whole set
+    iris = MLPDataModule("iris", scaling="standard")
+    raw_train = iris.x_train * iris.x_scale + iris.x_offset  # (90, 4)
+    torch.testing.assert_close(raw_train.mean(0), iris.x_offset)
+    assert not torch.allclose(iris.x_offset, torch.tensor(load_iris().data.mean(0)).float())
 
 
 def test_one_hot_matches_labels(digits):
@@ -125,9 +141,9 @@ def test_regression_targets_mapped_into_unit_range(sine):
     assert sine.y_train.min().item() == pytest.approx(0.1)
     assert sine.y_train.max().item() == pytest.approx(0.9)
     # back in the target's units, y = sin(x) + noise
-    x = sine.x_train * sine.x_std + sine.x_mean  # (n, 1)
+    x = sine.x_train * sine.x_scale + sine.x_offset  # (n, 1)
     y = from_unit_range(sine.y_test, sine.target_low, sine.target_high)
-    assert (y - torch.sin(sine.x_test * sine.x_std + sine.x_mean)).abs().max() < 5 * 0.05
+    assert (y - torch.sin(sine.x_test * sine.x_scale + sine.x_offset)).abs().max() < 5 * 0.05
     assert x.min() >= -math.pi and x.max() <= math.pi
 
 
@@ -167,7 +183,7 @@ def test_sine_is_deterministic():
 
 def test_float64_dtype():
     dm = MLPDataModule("sine", dtype="float64")
-    for name in ("x_train", "y_train", "x_val", "y_test", "x_mean", "x_std"):
+    for name in ("x_train", "y_train", "x_val", "y_test", "x_offset", "x_scale"):
         assert getattr(dm, name).dtype == torch.float64
     assert MLPDataModule("iris", dtype="float64").y_train.dtype == torch.float64
 
@@ -264,7 +280,7 @@ def test_csv_with_text_labels(tmp_path):
     dm = MLPDataModule(path, target="animal")
     assert (dm.task, dm.classes, dm.n_features) == ("classification", names, 2)
     # the row with input x1 = i has label names[i % 3]
-    x1 = torch.round(dm.x_train[:, 0] * dm.x_std[0] + dm.x_mean[0]).long()  # (n_train,)
+    x1 = torch.round(dm.x_train[:, 0] * dm.x_scale[0] + dm.x_offset[0]).long()  # (n_train,)
     assert torch.equal(dm.labels_train, x1 % 3)
 
 
@@ -293,6 +309,7 @@ def test_npz_files(tmp_path):
         ({"test_fraction": -0.1}, ["test_fraction=-0.1", "[0, 1)"]),
         ({"val_fraction": 0.5, "test_fraction": 0.5}, ["val_fraction=0.5", "< 1"]),
         ({"dtype": "float16"}, ["dtype='float16'", "float32, float64"]),
+        ({"scaling": "robust"}, ["scaling='robust'", "minmax, standard"]),
         ({"task": "clustering"}, ["task='clustering'", "regression"]),
         ({"dataset": "iris", "task": "regression"}, ["task='regression'", "iris"]),
         ({"dataset": "xor", "n_samples": 3}, ["n_samples=3", ">= 4"]),

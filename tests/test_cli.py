@@ -1,0 +1,197 @@
+"""The `mlp-torch` command line, run for real: as a subprocess where exit codes and output matter,
+in-process (main()) for the quick checks. TensorBoard event files are read back with
+tensorboard's own event reader."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mlp_torch.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def run(*args, cwd):
+    cmd = [sys.executable, "-m", "mlp_torch.cli", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def one_line_error(proc, code):
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mlp-torch:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_gradcheck_passes_on_a_healthy_network(tmp_path):
+    proc = run(
+        "gradcheck",
+        "--sizes",
+        "[3, 5, 4, 2]",
+        "--cost",
+        "cross_entropy",
+        "--l1",
+        "0.01",
+        "--l2",
+        "0.02",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.count("PASS") == 7 and "FAIL" not in out  # 6 parameters + the verdict
+    assert "manual~autograd" in out and "layers.2.bias" in out
+
+
+def test_gradcheck_bad_option_is_one_line_exit_2(tmp_path):
+    line = one_line_error(run("gradcheck", "--sizes", "[3, -1, 2]", cwd=tmp_path), 2)
+    assert "every layer size must be an integer >= 1, got -1" in line
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["gradcheck", "--dtype", "float16"], "dtype='float16' is not one of"),
+        (["gradcheck", "--bogus", "1"], "bogus"),
+        (["gradcheck", "--cost", "hinge"], "cost='hinge' is not a known cost"),
+        (["fit", "--model.l1", "-1"], "l1=-1.0 must be a finite number >= 0"),
+        (["fit", "--model.batch_size", "0"], "batch_size=0 must be an integer >= 1"),
+        (["fit", "--trainer.max_epochs", "many"], "max_epochs"),
+        (["fit", "--data.dataset", "no_such_file.csv", "--data.target", "y"], "no_such_file.csv"),
+        (["fit", "--model.hidden_sizes", "[0]"], "every layer size must be an integer >= 1, got 0"),
+        (["fit", "--ckpt_path", "missing.ckpt"], "missing.ckpt: no such checkpoint file"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(args, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("mlp-torch:")]
+    assert len(lines) == 1 and expected in lines[0], err
+    assert not (tmp_path / "lightning_logs").exists() or args[-1].endswith(".ckpt")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_parse(config, capsys):
+    assert main(["fit", "--config", str(config), "--print_config"]) == 0
+    assert "class_path: mlp_torch.optim." in capsys.readouterr().out
+
+
+def scalars(log_dir):
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_fit_writes_tensorboard_logs_and_a_summary(tmp_path):
+    proc = run(
+        "fit",
+        "--data.dataset",
+        "iris",
+        "--trainer.max_epochs",
+        "4",
+        "--model.crosscheck_every_n_steps",
+        "3",
+        *QUIET,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for expected in (
+        "test/acc",
+        "epochs    4 (reached max_epochs=4)",
+        "wall time",
+        "lightning_logs/version_0",
+        "--logdir",
+    ):
+        assert expected in out, out
+    log_dir = tmp_path / "lightning_logs" / "version_0"
+    acc = scalars(log_dir)
+    tags = acc.Tags()
+    for tag in (
+        "train/J",
+        "train/cost",
+        "train/l1",
+        "train/l2",
+        "val/J",
+        "val/acc",
+        "test/acc",
+        "lr",
+        "gradcheck/max_rel_err",
+        "sparsity/layer_0",
+    ):
+        assert tag in tags["scalars"], tag
+    assert len(acc.Scalars("train/J")) == 4
+    assert max(e.value for e in acc.Scalars("gradcheck/max_rel_err")) < 1e-4
+    assert {"weights/layers.0.weight", "grads/layers.1.weight"} <= set(tags["histograms"])
+    assert "hparams" in acc.PluginTagToContent("hparams") or acc.PluginTagToContent("hparams")
+    assert (log_dir / "config.yaml").is_file()
+    assert (log_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_resume_with_ckpt_path_last_is_exact(tmp_path):
+    common = ["--data.dataset", "wine", "--model.batch_size", "8", "--convergence.enabled", "false", *QUIET]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert run("fit", *common, "--trainer.max_epochs", "4", cwd=tmp_path / "a").returncode == 0
+    assert run("fit", *common, "--trainer.max_epochs", "2", cwd=tmp_path / "b").returncode == 0
+    proc = run("fit", *common, "--trainer.max_epochs", "4", "--ckpt_path", "last", cwd=tmp_path / "b")
+    assert proc.returncode == 0, proc.stderr
+    ckpts = [
+        p / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+        for p in (tmp_path / "a", tmp_path / "b")
+    ]
+    straight, resumed = (torch.load(p, map_location="cpu", weights_only=True) for p in ckpts)
+    assert straight["epoch"] == resumed["epoch"] and straight["global_step"] == resumed["global_step"]
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name
+    assert not (tmp_path / "b" / "lightning_logs" / "version_1").exists()  # logs continue in version_0
+
+
+def test_non_finite_j_stops_with_exit_1_and_keeps_the_last_checkpoint(tmp_path):
+    proc = run(
+        "fit",
+        "--data.dataset",
+        "iris",
+        "--model.batch_size",
+        "full",
+        "--model.l2",
+        "1",
+        "--model.optimizer.lr",
+        "1e15",
+        "--trainer.max_epochs",
+        "20",
+        *QUIET,
+        cwd=tmp_path,
+    )
+    line = one_line_error(proc, 1)
+    assert "training J became non-finite at update" in line and "learning rate 1e+15" in line
+    assert "training J rose from" in proc.stderr  # the warning came first
+    assert (tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_default_config_file_is_the_default(capsys):
+    """configs/default.yaml spells out exactly what `mlp-torch fit` does with no arguments."""
+    import yaml
+
+    def resolved(*args):
+        assert main(["fit", *args, "--print_config"]) == 0
+        config = yaml.safe_load(capsys.readouterr().out)
+        return {k: config[k] for k in ("seed_everything", "model", "data", "convergence")}
+
+    assert resolved() == resolved("--config", str(ROOT / "configs" / "default.yaml"))
+
+
+def test_default_digits_accuracy_over_three_seeds():
+    """The README's headline figure: median test accuracy over seeds 0, 1, 2 >= 97.5%."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from seeds import run_seed
+
+    accs = sorted(run_seed(seed, [])["test/acc"] for seed in (0, 1, 2))
+    assert accs[1] >= 0.975, accs
