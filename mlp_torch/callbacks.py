@@ -12,13 +12,16 @@ Both read ``pl_module.epoch_stats``, which :class:`mlp_torch.module.MLPModule` f
 
 from __future__ import annotations
 
+import logging
 import math
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only
 
 __all__ = ["ConvergenceStop", "LearningRateDiagnostics", "NonFiniteObjectiveError"]
+
+log = logging.getLogger(__name__)  # one plain line on stderr by default
 
 
 class NonFiniteObjectiveError(RuntimeError):
@@ -61,7 +64,7 @@ class LearningRateDiagnostics(Callback):
                 f"the learning rate may be too large"
             )
             self.increases.append(msg)
-            rank_zero_warn(msg, category=RuntimeWarning)
+            rank_zero_only(log.warning)(msg)
             if isinstance(trainer.logger, TensorBoardLogger):
                 trainer.logger.experiment.add_text("diagnostics/J_rose", msg, epoch)
         pl_module.log("diagnostics/J_rose", float(prev is not None and J > prev), on_epoch=True)

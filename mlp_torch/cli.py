@@ -10,6 +10,7 @@ run that fails (non-finite J, failed cross-check) ends with one line and exit co
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import sys
@@ -25,7 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from mlp_torch.callbacks import ConvergenceStop, LearningRateDiagnostics, NonFiniteObjectiveError
-from mlp_torch.data import MLPDataModule
+from mlp_torch.data import MLPDataModule, from_unit_range
 from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, CrossCheckError, MLPModule
 
 __all__ = ["MLPCLI", "main"]
@@ -122,6 +123,12 @@ class MLPCLI(LightningCLI):
             if name in metrics:
                 value = metrics[name]
                 lines.append(f"  {name:<9} {value:.2%}" if name == "test/acc" else f"  {name:<9} {value:.6g}")
+        diagnostics = next(c for c in trainer.callbacks if isinstance(c, LearningRateDiagnostics))
+        if diagnostics.increases:
+            lines.append(
+                f"  J rose    in {len(diagnostics.increases)} of {trainer.current_epoch} epochs "
+                f"(mini-batch noise, or a rate too large if it is often or by much)"
+            )
         lines += [
             f"  epochs    {trainer.current_epoch} ({why})",
             f"  tested    {'best checkpoint ' + best if best else 'final weights'}",
@@ -131,13 +138,37 @@ class MLPCLI(LightningCLI):
         ]
         print("\n".join(lines))
 
+    def after_predict(self) -> None:
+        """Write the test split's predictions (class labels or values in the target's units) to
+        ``predictions.csv`` in the run's log folder."""
+        batches = self.trainer.predict_loop.predictions or []
+        if not batches:
+            return
+        predicted = torch.cat([b.reshape(len(b), -1) for b in batches]).cpu()  # (n, 1) or (n, k)
+        dm = self.datamodule
+        path = Path(self.trainer.log_dir or ".") / "predictions.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            if dm.task == "classification":
+                writer.writerow(["index", "predicted", "target"])
+                for i, (p, t) in enumerate(zip(predicted[:, 0].tolist(), dm.labels_test.tolist())):
+                    writer.writerow([i, dm.classes[p], dm.classes[t]])
+            else:
+                k = range(predicted.shape[1])
+                target = from_unit_range(dm.y_test.cpu(), dm.target_low, dm.target_high)  # (n, k)
+                writer.writerow(["index", *(f"predicted_{j}" for j in k), *(f"target_{j}" for j in k)])
+                for i, (p, t) in enumerate(zip(predicted.tolist(), target.tolist())):
+                    writer.writerow([i, *p, *t])
+        print(f"mlp-torch predict: {len(predicted)} predictions of the test split written to {path}")
+
 
 def _tensorboard() -> str:
     beside = Path(sys.executable).parent / "tensorboard"
     return str(beside) if beside.exists() else (shutil.which("tensorboard") or "tensorboard")
 
 
-def _fit_cli(args: list[str]) -> None:
+def _fit_cli(args: list[str] | None) -> None:
     MLPCLI(
         MLPModule,
         MLPDataModule,
@@ -227,10 +258,10 @@ def _gradcheck_cli(args: list[str]) -> int:
     return 0 if gradcheck(**vars(cfg)) else 1
 
 
-def _run(args: list[str]) -> int:
+def _run(args: list[str], from_command_line: bool) -> int:
     if args and args[0] == "gradcheck":
         return _gradcheck_cli(args[1:])
-    _fit_cli(args)
+    _fit_cli(None if from_command_line else args)  # LightningCLI reads sys.argv itself
     return 0
 
 
@@ -244,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # inside Lightning itself
     if os.environ.get("MLP_TORCH_DEBUG"):
-        return _run(args)
+        return _run(args, argv is None)
     try:
-        return _run(args)
+        return _run(args, argv is None)
     except (NonFiniteObjectiveError, CrossCheckError) as err:
         print(f"{PROG}: training stopped: {_one_line(err)}", file=sys.stderr)
         return 1

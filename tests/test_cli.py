@@ -195,3 +195,17 @@ def test_default_digits_accuracy_over_three_seeds():
 
     accs = sorted(run_seed(seed, [])["test/acc"] for seed in (0, 1, 2))
     assert accs[1] >= 0.975, accs
+
+
+def test_validate_test_predict_from_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    common = ["--data.dataset", "iris", *QUIET]
+    assert main(["fit", *common, "--trainer.max_epochs", "2"]) == 0
+    for sub in ("validate", "test"):
+        assert main([sub, *common, "--ckpt_path", "last"]) == 0
+    assert main(["predict", *common, "--ckpt_path", "last"]) == 0
+    written = sorted(tmp_path.glob("lightning_logs/version_*/predictions.csv"))
+    assert len(written) == 1 and "predictions of the test split written to" in capsys.readouterr().out
+    rows = written[0].read_text().splitlines()
+    assert rows[0] == "index,predicted,target" and len(rows) == 1 + 30
+    assert {r.split(",")[1] for r in rows[1:]} <= {"setosa", "versicolor", "virginica"}
