@@ -100,21 +100,18 @@ class MLPCLI(LightningCLI):
             why = convergence.reason
         else:
             why = f"reached max_epochs={trainer.max_epochs}"
+        fit_metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
+        }
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") or None
         results = trainer.test(model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
         metrics = results[0] if results else {}
-        hp = {k: v for k, v in model.hparams.items() if isinstance(v, (int, float, str, bool))}
+        hp = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in model.hparams.items()}
+        hp = {k: v for k, v in hp.items() if not k.startswith("_")}  # not LightningCLI's internals
         hp.update(model.optimizer_hparams())
         if isinstance(trainer.logger, TensorBoardLogger):
-            final = {f"hp/{k.replace('/', '_')}": float(v) for k, v in metrics.items()}
-            final.update(
-                {
-                    f"hp/{k.replace('/', '_')}": float(v)
-                    for k, v in trainer.callback_metrics.items()
-                    if k.startswith(("val/", "train/"))
-                }
-            )
+            final = {f"hp/{k.replace('/', '_')}": float(v) for k, v in {**fit_metrics, **metrics}.items()}
             trainer.logger.log_hyperparams(hp, metrics=final)
             trainer.logger.finalize("success")
         log_dir = trainer.log_dir or "."

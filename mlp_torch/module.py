@@ -225,11 +225,10 @@ class MLPModule(L.LightningModule):
             cost += c * b / n if mean else c  # each example's cost once, reduced over all N
             penalty += torch.stack((p1, p2)) / len(batches)
         train = {"cost": cost, "l1": penalty[0], "l2": penalty[1], "J": cost + penalty.sum()}
+        nonfinite = torch.nonzero(~torch.isfinite(js))  # (k, 1): the updates whose J was inf or NaN
         self.epoch_stats = {
             "J": float(train["J"]),
-            "first_nonfinite_update": int(torch.nonzero(~torch.isfinite(js))[0])
-            if not torch.isfinite(js).all()
-            else -1,
+            "first_nonfinite_update": int(nonfinite[0]) if len(nonfinite) else -1,
             "updates": len(batches),
             "lr": self.optimizers().param_groups[0]["lr"],
         }

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from mlp_torch.cli import main
 
@@ -130,7 +131,15 @@ def test_fit_writes_tensorboard_logs_and_a_summary(tmp_path):
     assert len(acc.Scalars("train/J")) == 4
     assert max(e.value for e in acc.Scalars("gradcheck/max_rel_err")) < 1e-4
     assert {"weights/layers.0.weight", "grads/layers.1.weight"} <= set(tags["histograms"])
-    assert "hparams" in acc.PluginTagToContent("hparams") or acc.PluginTagToContent("hparams")
+    hparams = {
+        tag: plugin_data_pb2.HParamsPluginData.FromString(raw)
+        for tag, raw in acc.PluginTagToContent("hparams").items()
+    }
+    metrics = {m.name.tag for m in hparams["_hparams_/experiment"].experiment.metric_infos}
+    assert {"hp/test_acc", "hp/val_acc", "hp/train_J"} <= metrics
+    assert {"lr", "alpha", "optimizer", "batch_size", "hidden_sizes", "cost"} <= set(
+        hparams["_hparams_/session_start_info"].session_start_info.hparams
+    )
     assert (log_dir / "config.yaml").is_file()
     assert (log_dir / "checkpoints" / "last.ckpt").is_file()
 
@@ -209,3 +218,12 @@ def test_validate_test_predict_from_the_last_checkpoint(tmp_path, monkeypatch, c
     rows = written[0].read_text().splitlines()
     assert rows[0] == "index,predicted,target" and len(rows) == 1 + 30
     assert {r.split(",")[1] for r in rows[1:]} <= {"setosa", "versicolor", "virginica"}
+
+
+def test_gradcheck_exits_1_on_a_wrong_gradient(monkeypatch, capsys):
+    from mlp_torch.costs import QuadraticCost
+
+    monkeypatch.setattr(QuadraticCost, "delta", staticmethod(lambda z, a, y: a - y))  # no f'(z)
+    assert main(["gradcheck", "--sizes", "[3, 4, 2]"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL layers.1.weight: manual_vs_autograd relative error" in out
