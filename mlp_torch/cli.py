@@ -60,29 +60,61 @@ class MLPCLI(LightningCLI):
         parser.link_arguments("seed_everything", "model.seed")
         parser.link_arguments("seed_everything", "data.seed")
 
-    def before_instantiate_classes(self) -> None:
-        """``--ckpt_path last`` resumes the newest ``last.ckpt`` under the logger's folder and keeps
-        logging into that run's version folder (Lightning alone would look only in a new one)."""
-        config = self.config[self.subcommand]
-        ckpt = config.get("ckpt_path")
-        if ckpt is None:
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Parse, then resolve and read ``--ckpt_path`` before anything is built or written.
+
+        ``last`` means the newest ``last.ckpt`` under the logger's folder; ``fit`` then keeps
+        logging into that run's version folder (Lightning alone would look only in a new one).
+        The file is read without executing code; LightningCLI then takes the model's
+        hyper-parameters from it.
+        """
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        ckpt = config.get("ckpt_path") if config else None
+        if ckpt is None or ckpt in ("best", "hpc"):
             return
         if ckpt == "last":
-            logger = config.trainer.logger
-            save_dir = Path(logger.init_args.save_dir) / (logger.init_args.get("name") or "lightning_logs")
-            found = sorted(save_dir.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+            init = getattr(config.trainer.logger, "init_args", None)
+            root = Path(init.save_dir) / (init.get("name") or "lightning_logs") if init else None
+            root = root or Path(config.trainer.default_root_dir or ".") / "lightning_logs"
+            found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
             if not found:
                 raise ValueError(
-                    f"--ckpt_path last: no last.ckpt under {save_dir}/version_*/checkpoints; "
+                    f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints; "
                     "run `mlp-torch fit` first or give a checkpoint file"
                 )
-            config.ckpt_path = str(found[-1])
-            if self.subcommand == "fit":
-                logger.init_args.version = found[-1].parent.parent.name
-        elif ckpt not in ("best", "hpc") and not Path(ckpt).is_file():
-            raise FileNotFoundError(f"--ckpt_path {ckpt}: no such checkpoint file")
+            config.ckpt_path = ckpt = str(found[-1])
+            if subcommand == "fit" and init:
+                init.version = found[-1].parent.parent.name
+        self._checkpoint = read_checkpoint(ckpt)
+
+    def _check_checkpoint_fits(self) -> None:
+        """The checkpoint's weights must have the shapes of the configured network."""
+        state = getattr(self, "_checkpoint", None)
+        if state is None:
+            return
+        expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items() if k.startswith("net.")}
+        found = {k: tuple(v.shape) for k, v in state["state_dict"].items() if k.startswith("net.")}
+        if found != expected:
+            sizes = [found[k][1] for k in sorted(found) if k.endswith("weight")][:1]
+            sizes += [found[k][0] for k in sorted(found) if k.endswith("weight")]
+            raise ValueError(
+                f"--ckpt_path {self.config[self.subcommand].ckpt_path}: its network has sizes {sizes}, "
+                f"the configured one {self.model.net.sizes}; use the config the checkpoint was trained with"
+            )
+
+    def before_validate(self) -> None:
+        self._check_checkpoint_fits()
+
+    def before_test(self) -> None:
+        self._check_checkpoint_fits()
+
+    def before_predict(self) -> None:
+        self._check_checkpoint_fits()
 
     def before_fit(self) -> None:
+        self._check_checkpoint_fits()
         self._started = time.perf_counter()
         print(f"data: {self.datamodule.describe()}")
         print(
@@ -158,6 +190,23 @@ class MLPCLI(LightningCLI):
                 for i, (p, t) in enumerate(zip(predicted.tolist(), target.tolist())):
                     writer.writerow([i, *p, *t])
         print(f"mlp-torch predict: {len(predicted)} predictions of the test split written to {path}")
+
+
+def read_checkpoint(path: str) -> dict:
+    """Load a checkpoint without executing code (``weights_only=True``); ``ValueError`` if it is
+    missing, unreadable, or not a checkpoint of this package."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated file, another format, pickled code, ...
+        raise ValueError(
+            f"--ckpt_path {path}: not a readable checkpoint ({type(err).__name__}); "
+            "give a last.ckpt or best-*.ckpt from lightning_logs/version_N/checkpoints"
+        ) from None
+    if not isinstance(state, dict) or not any(k.startswith("net.") for k in state.get("state_dict", {})):
+        raise ValueError(f"--ckpt_path {path}: not an mlp-torch checkpoint (no network weights in it)")
+    return state
 
 
 def _tensorboard() -> str:

@@ -218,6 +218,32 @@ def test_validate_test_predict_from_the_last_checkpoint(tmp_path, monkeypatch, c
     rows = written[0].read_text().splitlines()
     assert rows[0] == "index,predicted,target" and len(rows) == 1 + 30
     assert {r.split(",")[1] for r in rows[1:]} <= {"setosa", "versicolor", "virginica"}
+    capsys.readouterr()
+    # an iris checkpoint does not fit the default digits network: one line, exit 2, nothing written
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["test", "--ckpt_path", "lightning_logs/version_0/checkpoints/last.ckpt"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "its network has sizes [4, 100, 3], the configured one [64, 100, 10]" in err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"not a checkpoint", "not a readable checkpoint (UnpicklingError)"),
+        (None, "not an mlp-torch checkpoint"),
+    ],
+)
+def test_bad_checkpoint_file_is_one_line_exit_2(content, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "bad.ckpt"
+    if content is None:
+        torch.save({"epoch": 3}, path)
+    else:
+        path.write_bytes(content)
+    assert main(["fit", "--ckpt_path", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert expected in lines[-1] and not (tmp_path / "lightning_logs").exists()
 
 
 def test_gradcheck_exits_1_on_a_wrong_gradient(monkeypatch, capsys):
