@@ -67,7 +67,9 @@ class LearningRateDiagnostics(Callback):
             rank_zero_only(log.warning)(msg)
             if isinstance(trainer.logger, TensorBoardLogger):
                 trainer.logger.experiment.add_text("diagnostics/J_rose", msg, epoch)
-        pl_module.log("diagnostics/J_rose", float(prev is not None and J > prev), on_epoch=True)
+        pl_module.log(
+            "diagnostics/J_rose", float(prev is not None and J > prev), on_step=False, on_epoch=True
+        )
 
     def state_dict(self) -> dict:
         return {"previous_J": self.previous_J}
