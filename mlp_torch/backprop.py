@@ -106,7 +106,14 @@ def objective_terms(
     """``{"J", "cost", "l1", "l2"}``: the objective and its three terms (scalar tensors), each
     example's cost weighted by ``scale`` (see :func:`reduction_scale`)."""
     zs, activations = feedforward(weights, biases, x)
-    data = scale * COSTS[cost].fn(zs[-1], activations[-1], y).sum()
+    return _terms(weights, zs[-1], activations[-1], y, cost, l1, l2, scale)
+
+
+def _terms(
+    weights: Sequence[Tensor], z: Tensor, a: Tensor, y: Tensor, cost: str, l1: float, l2: float, scale: float
+) -> dict[str, Tensor]:
+    """The objective's terms from the output layer's ``z_L``, ``a_L`` ``(n, n_out)``."""
+    data = scale * COSTS[cost].fn(z, a, y).sum()
     p1, p2 = l1_penalty(weights, l1), l2_penalty(weights, l2)
     return {"J": data + p1 + p2, "cost": data, "l1": p1, "l2": p2}
 
@@ -158,9 +165,8 @@ def backprop(
         grad_W = [g + l1_grad(W, l1) for g, W in zip(grad_W, weights)]
     if l2:
         grad_W = [g + l2_grad(W, l2) for g, W in zip(grad_W, weights)]
-    data = scale * COSTS[cost].fn(zs[-1], activations[-1], y).sum()
-    p1, p2 = l1_penalty(weights, l1), l2_penalty(weights, l2)
-    return Backprop(data + p1 + p2, data, torch.as_tensor(p1), torch.as_tensor(p2), grad_W, grad_b)
+    terms = _terms(weights, zs[-1], activations[-1], y, cost, l1, l2, scale)
+    return Backprop(terms["J"], terms["cost"], terms["l1"], terms["l2"], grad_W, grad_b)
 
 
 def _by_name(net: SigmoidMLP, grad_W: Sequence[Tensor], grad_b: Sequence[Tensor]) -> dict[str, Tensor]:

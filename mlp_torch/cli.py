@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from mlp_torch.callbacks import ConvergenceStop, LearningRateDiagnostics, NonFiniteObjectiveError
-from mlp_torch.data import MLPDataModule, from_unit_range
+from mlp_torch.data import DTYPES, MLPDataModule, from_unit_range
 from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, CrossCheckError, MLPModule
 
 __all__ = ["MLPCLI", "main"]
@@ -269,8 +269,7 @@ def gradcheck(
     """
     from mlp_torch import SigmoidMLP, gradient_check
 
-    dtypes = {"float32": torch.float32, "float64": torch.float64}
-    if dtype not in dtypes:
+    if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of ['float32', 'float64']")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device={device!r} is not one of ['cpu', 'cuda']")
@@ -278,14 +277,14 @@ def gradcheck(
         raise ValueError("device='cuda' but no CUDA device is available: use --device cpu")
     if isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
-    net = SigmoidMLP(sizes, init=init, bias_init=bias_init, seed=seed).to(device=device, dtype=dtypes[dtype])
+    net = SigmoidMLP(sizes, init=init, bias_init=bias_init, seed=seed).to(device=device, dtype=DTYPES[dtype])
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, sizes[0], generator=gen, dtype=torch.float64)
     if cost == "cross_entropy":
         y = torch.eye(sizes[-1], dtype=torch.float64)[torch.randint(sizes[-1], (batch_size,), generator=gen)]
     else:
         y = torch.rand(batch_size, sizes[-1], generator=gen, dtype=torch.float64)
-    x, y = x.to(device=device, dtype=dtypes[dtype]), y.to(device=device, dtype=dtypes[dtype])
+    x, y = x.to(device=device, dtype=DTYPES[dtype]), y.to(device=device, dtype=DTYPES[dtype])
     report = gradient_check(net, x, y, cost=cost, l1=l1, l2=l2, reduction=reduction)
     print(
         f"gradient check: sizes {sizes}, {cost} cost, l1={l1:g}, l2={l2:g}, reduction={reduction}, "

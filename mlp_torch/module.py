@@ -35,14 +35,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from mlp_torch.backprop import backprop, check_objective_args, objective_terms
-from mlp_torch.data import epoch_permutation, from_unit_range
+from mlp_torch.data import DTYPES, epoch_permutation, from_unit_range
 from mlp_torch.gradcheck import TOLERANCES, relative_error
 from mlp_torch.network import SigmoidMLP
 from mlp_torch.optim import Momentum
 
 __all__ = ["CrossCheckError", "MLPModule"]
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 NEAR_ZERO = 1e-3  # |w| below this counts as "near zero" in the sparsity/ fractions (L1's effect)
 DEFAULT_LR, DEFAULT_ALPHA = 2.0, 0.9  # Momentum's settings when no optimizer is given
 
@@ -180,7 +179,7 @@ class MLPModule(L.LightningModule):
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
         return worst
 
-    def _update(self, x: Tensor, y: Tensor, scale: float, chunk: int) -> tuple[Tensor, ...]:
+    def _update(self, opt, x: Tensor, y: Tensor, scale: float, chunk: int) -> tuple[Tensor, ...]:
         """One optimizer step on the batch ``(x, y)``, its gradient summed over chunks of
         ``chunk`` examples; returns the batch's ``(J, cost, l1, l2)``."""
         every = self.hparams.crosscheck_every_n_steps
@@ -200,7 +199,7 @@ class MLPModule(L.LightningModule):
             self.crosscheck_errors.append(self._crosscheck(totals["manual"], totals["autograd"]))
         for p, g in zip(self.net.parameters(), totals[source]):
             p.grad = g
-        self.optimizers().step()
+        opt.step()
         return terms
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -218,9 +217,10 @@ class MLPModule(L.LightningModule):
         js = torch.empty(len(batches), dtype=x.dtype, device=x.device)  # J of every update
         cost = torch.zeros((), dtype=x.dtype, device=x.device)
         penalty = torch.zeros(2, dtype=x.dtype, device=x.device)
+        opt = self.optimizers()
         for k, (xb, yb) in enumerate(batches):
             b = xb.shape[0]
-            J, c, p1, p2 = self._update(xb, yb, 1.0 / b if mean else 1.0, chunk)
+            J, c, p1, p2 = self._update(opt, xb, yb, 1.0 / b if mean else 1.0, chunk)
             js[k] = J
             cost += c * b / n if mean else c  # each example's cost once, reduced over all N
             penalty += torch.stack((p1, p2)) / len(batches)
@@ -230,7 +230,7 @@ class MLPModule(L.LightningModule):
             "J": float(train["J"]),
             "first_nonfinite_update": int(nonfinite[0]) if len(nonfinite) else -1,
             "updates": len(batches),
-            "lr": self.optimizers().param_groups[0]["lr"],
+            "lr": opt.param_groups[0]["lr"],
         }
         self.log_dict({f"train/{k}": v for k, v in train.items()}, on_step=False, on_epoch=True)
         self.log("lr", self.epoch_stats["lr"], on_step=False, on_epoch=True)
