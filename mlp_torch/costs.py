@@ -62,7 +62,9 @@ COSTS: dict[str, type[QuadraticCost] | type[CrossEntropyCost]] = {
 
 
 def l1_penalty(weights: Sequence[Tensor], l1: float) -> Tensor:
-    """``l1 * sum_l sum |W_l|`` (a scalar tensor)."""
+    """``l1 * sum_l sum |W_l|`` (a scalar tensor; no work when ``l1 == 0``)."""
+    if not l1:
+        return weights[0].new_zeros(())
     return l1 * sum(W.abs().sum() for W in weights)
 
 
@@ -72,7 +74,10 @@ def l1_grad(W: Tensor, l1: float) -> Tensor:
 
 
 def l2_penalty(weights: Sequence[Tensor], l2: float) -> Tensor:
-    """``l2 * sum_l sum W_l^2`` (notes, eq. 21 with gamma = l2; a scalar tensor)."""
+    """``l2 * sum_l sum W_l^2`` (notes, eq. 21 with gamma = l2; a scalar tensor; no work when
+    ``l2 == 0``)."""
+    if not l2:
+        return weights[0].new_zeros(())
     return l2 * sum((W * W).sum() for W in weights)
 
 
