@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -265,13 +265,22 @@ def split_indices(
     test_fraction: float,
     seed: int,
     labels: np.ndarray | None = None,
+    cv_folds: int = 0,
+    cv_fold: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Random train/val/test indices of ``n`` examples, stratified by ``labels`` ``(n,)`` (any
     class values; the messages name them) if given.
 
     The val and test splits get ``round(fraction * n)`` examples (at least 1 for a nonzero
     fraction), the training split the rest. The same arguments give the same split, always.
+
+    Cross-validation: with ``cv_folds`` = k >= 2 the non-test examples are cut into k (stratified)
+    folds by ``seed``; fold ``cv_fold`` is the val split and the other k - 1 the training split
+    (``val_fraction`` is not used). The test split does not depend on ``cv_folds``, so k runs with
+    ``cv_fold`` = 0 .. k-1 validate on every non-test example exactly once and never see the test.
     """
+    if cv_folds:
+        val_fraction = (1 - test_fraction) / cv_folds  # for the size checks below
     n_val, n_test = (0 if f == 0 else max(1, round(f * n)) for f in (val_fraction, test_fraction))
     n_train = n - n_val - n_test
     sizes = {"train": n_train, "val": n_val, "test": n_test}
@@ -294,7 +303,11 @@ def split_indices(
             )
     try:
         rest, test = _split(np.arange(n), n_test, seed, labels)
-        train, val = _split(rest, n_val, seed, None if labels is None else labels[rest])
+        rest_labels = None if labels is None else labels[rest]
+        if cv_folds:
+            train, val = _fold(rest, cv_folds, cv_fold, seed, rest_labels)
+        else:
+            train, val = _split(rest, n_val, seed, rest_labels)
     except ValueError as err:
         raise DataError(f"cannot split it as asked ({err}); add examples or change the fractions") from None
     return train, val, test
@@ -307,6 +320,19 @@ def _split(
     if size == 0:
         return indices, indices[:0]
     return train_test_split(indices, test_size=size, random_state=seed, stratify=labels)
+
+
+def _fold(
+    indices: np.ndarray, k: int, i: int, seed: int, labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``indices`` split into (the other folds, fold ``i``) of ``k`` seeded folds, stratified
+    by ``labels`` if given."""
+    order = np.argsort(indices)  # the folds depend on the set of indices, not on their order
+    indices = indices[order]
+    labels = None if labels is None else labels[order]
+    folds = StratifiedKFold if labels is not None else KFold
+    rest, part = list(folds(k, shuffle=True, random_state=seed).split(indices, labels))[i]
+    return indices[rest], indices[part]
 
 
 def scaling_stats(x_train: np.ndarray, scaling: str) -> tuple[np.ndarray, np.ndarray]:
@@ -446,6 +472,10 @@ class MLPDataModule(LightningDataModule):
         dtype: the float type of all input and target tensors.
         scaling: "minmax" (default, training range onto [0, 1]) or "standard" (zero mean, unit
             std), both with training-split statistics only.
+        cv_folds, cv_fold: cross-validation. ``cv_folds`` = k >= 2 cuts the non-test examples
+            into k stratified folds: fold ``cv_fold`` (0 .. k-1) is the val split, the rest the
+            training split, and ``val_fraction`` is not used. 0 (default): no folds. The test
+            split is the same either way (see ``scripts/cv.py``).
 
     Everything below loads the data on first use, so it can be read right after construction
     (LightningCLI links ``n_features`` and ``n_outputs`` into the model that way):
@@ -467,9 +497,13 @@ class MLPDataModule(LightningDataModule):
         noise: float = 0.1,
         dtype: Literal["float32", "float64"] = "float32",
         scaling: Literal["minmax", "standard"] = "minmax",
+        cv_folds: int = 0,
+        cv_fold: int = 0,
     ):
         super().__init__()
         _check_arguments(dataset, target, task, val_fraction, test_fraction, seed, n_samples, noise, dtype)
+        _check_folds(cv_folds, cv_fold)
+        self.cv_folds, self.cv_fold = cv_folds, cv_fold
         if scaling not in SCALINGS:
             raise ValueError(f"scaling={scaling!r} is not accepted: use one of {', '.join(SCALINGS)}")
         self.scaling = scaling
@@ -515,8 +549,9 @@ class MLPDataModule(LightningDataModule):
         4 features -> 3 outputs``."""
         splits = self._load()
         sizes = "/".join(str(len(x)) for x in (splits.x_train, splits.x_val, splits.x_test))
+        fold = f" (val = fold {self.cv_fold} of {self.cv_folds})" if self.cv_folds else ""
         return (
-            f"{self.dataset}: {splits.task}, {sizes} train/val/test examples, "
+            f"{self.dataset}: {splits.task}, {sizes} train/val/test examples{fold}, "
             f"{self.n_features} features -> {self.n_outputs} outputs"
         )
 
@@ -562,7 +597,9 @@ class MLPDataModule(LightningDataModule):
         x, targets, task, classes = self._read()
         labels = targets if task == "classification" else None
         stratify = None if labels is None else np.asarray(classes)[labels]  # (n,) class values
-        indices = split_indices(len(x), self.val_fraction, self.test_fraction, self.seed, stratify)
+        indices = split_indices(
+            len(x), self.val_fraction, self.test_fraction, self.seed, stratify, self.cv_folds, self.cv_fold
+        )
         splits = dict(zip(("train", "val", "test"), indices, strict=True))
         train = splits["train"]
         offset, scale = scaling_stats(x[train], self.scaling)
@@ -608,6 +645,15 @@ class MLPDataModule(LightningDataModule):
             x, raw = read_npz(self.dataset, self.target or "y")
         task, targets, classes = encode_targets(raw, self.requested_task)
         return x, targets, task, classes
+
+
+def _check_folds(cv_folds, cv_fold) -> None:
+    """Raise ValueError naming a bad cross-validation argument and what is accepted."""
+    if isinstance(cv_folds, bool) or not isinstance(cv_folds, int) or cv_folds == 1 or cv_folds < 0:
+        raise ValueError(f"cv_folds={cv_folds!r} is not accepted: use 0 (no folds) or an int >= 2")
+    if isinstance(cv_fold, bool) or not isinstance(cv_fold, int) or not 0 <= cv_fold < max(cv_folds, 1):
+        allowed = f"an int in [0, {cv_folds - 1}]" if cv_folds else "0 without cv_folds"
+        raise ValueError(f"cv_fold={cv_fold!r} is out of range: use {allowed}")
 
 
 def _check_arguments(

@@ -97,6 +97,35 @@ def test_zero_fractions_leave_empty_splits():
     assert dm.val_dataloader() == [] and dm.test_dataloader() == []
 
 
+@pytest.mark.parametrize("name", ["wine", "sine"])
+def test_cross_validation_folds_cover_the_non_test_examples_once(name):
+    """k runs with cv_fold = 0..k-1: the same test split as without folds, the val folds
+    partition the other examples (stratified for classes), training is the rest each time."""
+
+    def rows(x):  # the examples of a split, as a set of raw input rows
+        return {tuple(r) for r in x.tolist()}
+
+    plain = MLPDataModule(name, seed=4, dtype="float64", n_samples=100)
+    raw = lambda dm, x: x * dm.x_scale + dm.x_offset  # noqa: E731 (undo the per-fold scaling)
+    k, val_rows = 4, []
+    for fold in range(k):
+        dm = MLPDataModule(name, seed=4, dtype="float64", n_samples=100, cv_folds=k, cv_fold=fold)
+        test, train, val = (rows(raw(dm, x).round(decimals=9)) for x in (dm.x_test, dm.x_train, dm.x_val))
+        assert test == rows(raw(plain, plain.x_test).round(decimals=9))
+        assert not (train & val) and not (train & test) and not (val & test)
+        assert len(dm.x_train) + len(dm.x_val) == len(plain.x_train) + len(plain.x_val)
+        if dm.task == "classification":
+            non_test = torch.cat([plain.labels_train, plain.labels_val])
+            expected = torch.bincount(non_test) / k  # (3,) each class's share of one fold
+            assert (torch.bincount(dm.labels_val, minlength=3) - expected).abs().max() <= 1
+        val_rows.append(val)
+        assert f"(val = fold {fold} of {k})" in dm.describe()
+    assert sum(len(v) for v in val_rows) == len(set().union(*val_rows))  # disjoint
+    assert set().union(*val_rows) == rows(raw(plain, plain.x_train).round(decimals=9)) | rows(
+        raw(plain, plain.x_val).round(decimals=9)
+    )
+
+
 def test_minmax_scaling_uses_training_statistics_only(digits):
     assert digits.scaling == "minmax"
     x = digits.x_train
@@ -316,6 +345,9 @@ def test_npz_files(tmp_path):
         ({"noise": -1.0}, ["noise=-1.0", ">= 0"]),
         ({"seed": -1}, ["seed=-1", "2**32"]),
         ({"dataset": "iris", "target": "y"}, ["target='y'", ".csv"]),
+        ({"cv_folds": 1}, ["cv_folds=1", ">= 2"]),
+        ({"cv_folds": 5, "cv_fold": 5}, ["cv_fold=5", "[0, 4]"]),
+        ({"cv_fold": 2}, ["cv_fold=2", "without cv_folds"]),
     ],
 )
 def test_bad_arguments_raise_on_construction(kwargs, message):
