@@ -29,7 +29,7 @@ from mlp_torch.callbacks import ConvergenceStop, LearningRateDiagnostics, NonFin
 from mlp_torch.data import DTYPES, MLPDataModule, from_unit_range
 from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, CrossCheckError, MLPModule
 
-__all__ = ["MLPCLI", "main"]
+__all__ = ["MLPCLI", "main", "make_cli"]
 
 PROG = "mlp-torch"
 
@@ -214,8 +214,10 @@ def _tensorboard() -> str:
     return str(beside) if beside.exists() else (shutil.which("tensorboard") or "tensorboard")
 
 
-def _fit_cli(args: list[str] | None) -> None:
-    MLPCLI(
+def make_cli(args: list[str] | None, run: bool = True) -> MLPCLI:
+    """The ``mlp-torch`` LightningCLI on ``args`` (``None``: ``sys.argv``). ``run=False`` only
+    builds the model, data and trainer (no subcommand), as ``scripts/cv.py`` does."""
+    return MLPCLI(
         MLPModule,
         MLPDataModule,
         seed_everything_default=0,
@@ -236,6 +238,7 @@ def _fit_cli(args: list[str] | None) -> None:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=args,
+        run=run,
     )
 
 
@@ -306,7 +309,7 @@ def _gradcheck_cli(args: list[str]) -> int:
 def _run(args: list[str], from_command_line: bool) -> int:
     if args and args[0] == "gradcheck":
         return _gradcheck_cli(args[1:])
-    _fit_cli(None if from_command_line else args)  # LightningCLI reads sys.argv itself
+    make_cli(None if from_command_line else args)  # LightningCLI reads sys.argv itself
     return 0
 
 

@@ -2,6 +2,7 @@
 in-process (main()) for the quick checks. TensorBoard event files are read back with
 tensorboard's own event reader."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -205,6 +206,21 @@ def test_default_digits_accuracy_over_three_seeds():
 
     accs = sorted(run_seed(seed, [])["test/acc"] for seed in (0, 1, 2))
     assert accs[1] >= 0.975, accs
+
+
+def test_cross_validation_script_reports_paired_folds(tmp_path):
+    """scripts/cv.py on iris: two setups on the same folds, per-seed lines and the paired line;
+    it writes nothing where it runs."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "cv.py"), "--seeds", "1", "--folds", "3", "--jobs", "1",
+           "--versus", "--data.dataset iris --trainer.max_epochs 1",
+           "--", "--data.dataset", "iris", "--trainer.max_epochs", "30"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+    scores = [float(m) for m in re.findall(r"mean held-out score ([0-9.]+)", out.stdout)]
+    assert len(scores) == 2 and scores[0] > scores[1] and scores[0] > 0.8, out.stdout
+    assert "seed 1: mean" in out.stdout and "epochs 30 30 30" in out.stdout
+    assert "A - B: +" in out.stdout and "A better on" in out.stdout
 
 
 def test_validate_test_predict_from_the_last_checkpoint(tmp_path, monkeypatch, capsys):
