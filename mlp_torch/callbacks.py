@@ -34,14 +34,24 @@ class LearningRateDiagnostics(Callback):
     Args:
         warn_on_increase: warn when J rises by more than ``rise_tolerance`` (relative).
         rise_tolerance: relative rise ignored as noise (0: any rise warns, as the notes say).
+        max_printed: rises printed on the console; later ones are only counted (``increases``,
+            ``largest_rise``) and logged to TensorBoard. With mini-batches J wobbles by a few
+            percent from epoch to epoch once training has levelled off, and a long run would
+            otherwise print a line for a third or more of its epochs.
     """
 
-    def __init__(self, warn_on_increase: bool = True, rise_tolerance: float = 0.0) -> None:
+    def __init__(
+        self, warn_on_increase: bool = True, rise_tolerance: float = 0.0, max_printed: int = 10
+    ) -> None:
         if not (rise_tolerance >= 0 and math.isfinite(rise_tolerance)):
             raise ValueError(f"rise_tolerance={rise_tolerance!r} must be a finite number >= 0")
+        if isinstance(max_printed, bool) or not isinstance(max_printed, int) or max_printed < 0:
+            raise ValueError(f"max_printed={max_printed!r} must be an integer >= 0")
         self.warn_on_increase, self.rise_tolerance = warn_on_increase, rise_tolerance
+        self.max_printed = max_printed
         self.previous_J: float | None = None
         self.increases: list[str] = []
+        self.largest_rise = 0.0  # the largest relative rise, (J - previous J) / previous J
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
         stats = pl_module.epoch_stats
@@ -64,7 +74,14 @@ class LearningRateDiagnostics(Callback):
                 f"the learning rate may be too large"
             )
             self.increases.append(msg)
-            rank_zero_only(log.warning)(msg)
+            self.largest_rise = max(self.largest_rise, (J - prev) / prev if prev > 0 else math.inf)
+            if len(self.increases) <= self.max_printed:
+                rank_zero_only(log.warning)(msg)
+            elif len(self.increases) == self.max_printed + 1:
+                rank_zero_only(log.warning)(
+                    f"epoch {epoch}: training J rose again; further rises are not printed: the summary "
+                    "counts them and TensorBoard logs each one (diagnostics/J_rose)"
+                )
             if isinstance(trainer.logger, TensorBoardLogger):
                 trainer.logger.experiment.add_text("diagnostics/J_rose", msg, epoch)
         pl_module.log(

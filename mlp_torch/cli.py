@@ -155,8 +155,9 @@ class MLPCLI(LightningCLI):
         diagnostics = next(c for c in trainer.callbacks if isinstance(c, LearningRateDiagnostics))
         if diagnostics.increases:
             lines.append(
-                f"  J rose    in {len(diagnostics.increases)} of {trainer.current_epoch} epochs "
-                f"(mini-batch noise, or a rate too large if it is often or by much)"
+                f"  J rose    in {len(diagnostics.increases)} of {trainer.current_epoch} epochs, by at most "
+                f"{diagnostics.largest_rise:.1%} (mini-batch noise if by a few %; "
+                "the rate too large if by much)"
             )
         lines += [
             f"  epochs    {trainer.current_epoch} ({why})",

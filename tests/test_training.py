@@ -2,6 +2,7 @@
 cross-checking and the learning-rate diagnostics."""
 
 import functools
+import logging
 
 import lightning.pytorch as L
 import pytest
@@ -173,6 +174,21 @@ def test_learning_rate_diagnostics_quiet_when_j_falls():
     diagnostics = LearningRateDiagnostics()
     fit(dm, module, epochs=5, callbacks=[diagnostics])
     assert diagnostics.previous_J is not None and diagnostics.increases == []
+
+
+def test_learning_rate_diagnostics_print_the_first_rises_and_count_all(caplog):
+    """Mini-batch J wobbles: the console gets the first `max_printed` rises and one line saying
+    the rest are only counted; `increases` and `largest_rise` keep them all."""
+    dm, module = make(batch_size=1, optimizer=functools.partial(GradientDescent, lr=3.0))
+    diagnostics = LearningRateDiagnostics(max_printed=2)
+    with caplog.at_level(logging.WARNING, logger="mlp_torch.callbacks"):
+        fit(dm, module, epochs=40, callbacks=[diagnostics])
+    printed = [r.getMessage() for r in caplog.records if r.name == "mlp_torch.callbacks"]
+    rises = diagnostics.increases
+    assert len(rises) > 3 and printed[:2] == rises[:2] and len(printed) == 3
+    assert "training J rose again; further rises are not printed" in printed[2]
+    relative = [float(m.split()[8]) / float(m.split()[6]) - 1 for m in rises]  # "from A to B"
+    assert diagnostics.largest_rise == pytest.approx(max(relative), rel=1e-4)
 
 
 def test_convergence_stop_says_why():
