@@ -43,7 +43,9 @@ from mlp_torch.optim import Momentum
 __all__ = ["CrossCheckError", "MLPModule"]
 
 NEAR_ZERO = 1e-3  # |w| below this counts as "near zero" in the sparsity/ fractions (L1's effect)
-DEFAULT_LR, DEFAULT_ALPHA = 2.0, 0.9  # Momentum's settings when no optimizer is given
+# The defaults were chosen by 5-fold cross-validation on the non-test examples (see the README):
+DEFAULT_LR, DEFAULT_ALPHA = 3.0, 0.9  # Momentum's settings when no optimizer is given
+DEFAULT_L2 = 1e-4  # weight decay gamma: +0.55% cross-validated accuracy on digits over l2=0
 
 
 class CrossCheckError(RuntimeError):
@@ -65,11 +67,12 @@ class MLPModule(L.LightningModule):
         task: ``"classification"`` (accuracy) or ``"regression"`` (MSE in the target's units).
         target_low, target_high: regression only, the training targets' per-output range that
             the data mapped onto ``[0.1, 0.9]``; used to report MSE in the original units.
-        cost, l1, l2, reduction: the objective (see :mod:`mlp_torch.backprop`).
+        cost, l1, l2, reduction: the objective (see :mod:`mlp_torch.backprop`); pass ``l2=0`` for
+            the notes' unpenalized cost.
         init, bias_init: initialization (see :class:`SigmoidMLP`).
         seed: seeds the weights and the shuffle order.
         optimizer: a callable ``params -> Optimizer``, e.g. a class of :mod:`mlp_torch.optim`;
-            ``None`` means ``Momentum(lr=2.0, alpha=0.9)``.
+            ``None`` means ``Momentum(lr=3.0, alpha=0.9)``.
         lr_scheduler: a callable ``optimizer -> LRScheduler`` (e.g. ``ExponentialLR``), stepped
             once per epoch; ``None``: a constant rate.
         batch_size: ``"full"`` (batch GD), ``1`` (stochastic GD) or examples per mini-batch.
@@ -93,7 +96,7 @@ class MLPModule(L.LightningModule):
         target_high: list[float] | None = None,
         cost: Literal["quadratic", "cross_entropy"] = "cross_entropy",
         l1: float = 0.0,
-        l2: float = 0.0,
+        l2: float = DEFAULT_L2,
         reduction: Literal["mean", "sum"] = "mean",
         init: Literal["scaled_normal", "scaled_uniform", "standard_normal", "zeros"] = "scaled_normal",
         bias_init: float = 0.0,

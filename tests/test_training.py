@@ -77,14 +77,14 @@ def test_batch_gradient_descent_in_chunks_equals_one_full_batch_step(reduction):
 
 
 def test_stochastic_gradient_descent_equals_a_plain_loop():
-    lr, epochs = 0.3, 2
-    dm, module = make(batch_size=1, optimizer=functools.partial(GradientDescent, lr=lr), seed=3)
+    lr, l2, epochs = 0.3, 1e-3, 2
+    dm, module = make(batch_size=1, optimizer=functools.partial(GradientDescent, lr=lr), l2=l2, seed=3)
     net = SigmoidMLP(module.net.sizes, seed=3).double()
     fit(dm, module, epochs=epochs)
     x, y = dm.x_train, dm.y_train
     for epoch in range(epochs):
         for i in epoch_permutation(len(x), 3, epoch).tolist():  # one update per example
-            g = manual_gradients(net, x[i : i + 1], y[i : i + 1], cost="cross_entropy")
+            g = manual_gradients(net, x[i : i + 1], y[i : i + 1], cost="cross_entropy", l2=l2)
             with torch.no_grad():
                 for name, p in net.named_parameters():
                     p -= lr * g[name]
