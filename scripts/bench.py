@@ -1,5 +1,6 @@
 """Per-update cost of training through MLPModule (Lightning) against a bare PyTorch loop doing
-the same updates (hand-written backprop + Momentum), measured side by side in one run.
+the same updates (hand-written backprop of the default objective, with its L2 term, + Momentum),
+measured side by side in one run.
 
     .venv/bin/python scripts/bench.py                 # digits, 64-100-10, batch 16, 20 epochs
 
@@ -17,7 +18,7 @@ import lightning.pytorch as L
 
 from mlp_torch.backprop import backprop
 from mlp_torch.data import MLPDataModule, epoch_permutation
-from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule
+from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_L2, DEFAULT_LR, MLPModule
 from mlp_torch.network import SigmoidMLP
 from mlp_torch.optim import Momentum
 
@@ -47,7 +48,9 @@ def bare_run(dm: MLPDataModule, epochs: int, batch_size: int) -> float:
     start = time.perf_counter()
     for epoch in range(epochs):
         for i in epoch_permutation(len(x), 0, epoch).split(batch_size):
-            bp = backprop(net.weights, net.biases, x[i], y[i], cost="cross_entropy", scale=1 / len(i))
+            bp = backprop(
+                net.weights, net.biases, x[i], y[i], cost="cross_entropy", l2=DEFAULT_L2, scale=1 / len(i)
+            )
             for layer, gW, gb in zip(net.layers, bp.grad_W, bp.grad_b):
                 layer.weight.grad, layer.bias.grad = gW, gb
             opt.step()
