@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 from argparse import ArgumentError
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from mlp_torch.callbacks import ConvergenceStop, LearningRateDiagnostics, NonFin
 from mlp_torch.data import DTYPES, MLPDataModule, from_unit_range
 from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, CrossCheckError, MLPModule
 
-__all__ = ["MLPCLI", "main", "make_cli"]
+__all__ = ["MLPCLI", "main", "make_cli", "run_reporting_errors"]
 
 PROG = "mlp-torch"
 
@@ -322,16 +323,23 @@ def _one_line(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mlp-torch``; returns the exit code. ``MLP_TORCH_DEBUG=1`` shows tracebacks."""
     args = sys.argv[1:] if argv is None else list(argv)
+    return run_reporting_errors(lambda: _run(args, argv is None))
+
+
+def run_reporting_errors(run: Callable[[], int], prog: str = PROG) -> int:
+    """``run()``'s exit code; bad input (a config value, a data file, a checkpoint) becomes one
+    line ``prog: error: ...`` and 2, a failed training run one line and 1, with no traceback
+    unless ``MLP_TORCH_DEBUG=1``."""
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # inside Lightning itself
     if os.environ.get("MLP_TORCH_DEBUG"):
-        return _run(args, argv is None)
+        return run()
     try:
-        return _run(args, argv is None)
+        return run()
     except (NonFiniteObjectiveError, CrossCheckError) as err:
-        print(f"{PROG}: training stopped: {_one_line(err)}", file=sys.stderr)
+        print(f"{prog}: training stopped: {_one_line(err)}", file=sys.stderr)
         return 1
     except (ArgumentError, ValueError, TypeError, OSError, KeyError) as err:
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except SystemExit as err:  # --help and --print_config exit 0; argument errors are handled above
         return err.code if isinstance(err.code, int) else 0

@@ -31,6 +31,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from mlp_torch.cli import run_reporting_errors
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -78,7 +80,7 @@ def cross_validate(extra: list[str], seeds: list[int], folds: int, jobs: int) ->
     return scores
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -88,6 +90,13 @@ def main() -> None:
     parser.add_argument("--versus", metavar="ARGS", help="a second setup's `mlp-torch fit` arguments")
     parser.add_argument("extra", nargs="*", help="arguments for `mlp-torch fit` (after --)")
     args = parser.parse_args()
+    if args.folds < 2 or not args.seeds or args.jobs < 1:
+        parser.error(f"--folds {args.folds}, --jobs {args.jobs}: need --folds >= 2, --jobs >= 1, a seed")
+    return run_reporting_errors(lambda: compare(args), prog="cv.py")
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Cross-validate setup A (and B), print the scores and the paired difference; returns 0."""
     setups = {"A": args.extra}
     if args.versus is not None:
         setups["B"] = shlex.split(args.versus)
@@ -103,6 +112,7 @@ def main() -> None:
         wins, losses = sum(d > 0 for d in diff), sum(d < 0 for d in diff)
         print(f"A - B: {statistics.mean(diff):+.4f} (standard error {se:.4f}); "
               f"A better on {wins} folds, B on {losses}, {len(diff) - wins - losses} ties")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":

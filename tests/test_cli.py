@@ -225,6 +225,14 @@ def test_cross_validation_script_reports_paired_folds(tmp_path):
     assert "A - B: +" in out.stdout and "A better on" in out.stdout
 
 
+def test_cross_validation_script_bad_input_is_one_line_exit_2(tmp_path):
+    cmd = [sys.executable, str(ROOT / "scripts" / "cv.py"), "--seeds", "0", "--folds", "2", "--jobs", "1",
+           "--", "--data.dataset", "nope"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("cv.py: error: dataset='nope' is not known")
+
+
 def test_validate_test_predict_from_the_last_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     common = ["--data.dataset", "iris", *QUIET]
