@@ -45,7 +45,7 @@ __all__ = ["CrossCheckError", "MLPModule"]
 NEAR_ZERO = 1e-3  # |w| below this counts as "near zero" in the sparsity/ fractions (L1's effect)
 # The defaults were chosen by 5-fold cross-validation on the non-test examples (see the README):
 DEFAULT_LR, DEFAULT_ALPHA = 3.0, 0.9  # Momentum's settings when no optimizer is given
-DEFAULT_L2 = 1e-4  # weight decay gamma: +0.55% cross-validated accuracy on digits over l2=0
+DEFAULT_L2 = 1e-4  # weight decay gamma; with lr 3, +0.56 points of held-out accuracy over l2=0, lr 2
 
 
 class CrossCheckError(RuntimeError):
