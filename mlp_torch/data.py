@@ -472,10 +472,11 @@ class MLPDataModule(LightningDataModule):
         dtype: the float type of all input and target tensors.
         scaling: "minmax" (default, training range onto [0, 1]) or "standard" (zero mean, unit
             std), both with training-split statistics only.
-        cv_folds, cv_fold: cross-validation. ``cv_folds`` = k >= 2 cuts the non-test examples
-            into k stratified folds: fold ``cv_fold`` (0 .. k-1) is the val split, the rest the
-            training split, and ``val_fraction`` is not used. 0 (default): no folds. The test
-            split is the same either way (see ``scripts/cv.py``).
+        cv_folds: cross-validation: k >= 2 cuts the non-test examples into k stratified folds,
+            one of them the val split and the rest the training split (``val_fraction`` is then
+            not used); 0 (default): no folds. The test split is the same either way (see
+            ``scripts/cv.py``).
+        cv_fold: with ``cv_folds`` = k, which fold (0 .. k-1) is the val split.
 
     Everything below loads the data on first use, so it can be read right after construction
     (LightningCLI links ``n_features`` and ``n_outputs`` into the model that way):

@@ -67,9 +67,16 @@ class MLPModule(L.LightningModule):
         task: ``"classification"`` (accuracy) or ``"regression"`` (MSE in the target's units).
         target_low, target_high: regression only, the training targets' per-output range that
             the data mapped onto ``[0.1, 0.9]``; used to report MSE in the original units.
-        cost, l1, l2, reduction: the objective (see :mod:`mlp_torch.backprop`); pass ``l2=0`` for
-            the notes' unpenalized cost.
-        init, bias_init: initialization (see :class:`SigmoidMLP`).
+        cost: the data term, ``"cross_entropy"`` or the notes' ``"quadratic"`` (see
+            :mod:`mlp_torch.costs`).
+        l1: the L1 penalty's weight lambda in ``lambda sum |w|`` (sparsity); 0 turns it off.
+        l2: the L2 penalty's weight gamma in ``gamma sum w^2`` (weight decay); 1e-4 by default,
+            0 for the notes' unpenalized cost.
+        reduction: ``"mean"`` (the cost averaged over the batch) or ``"sum"`` (the notes'
+            accumulation); the penalties are added once either way.
+        init: how weights start (see :data:`mlp_torch.network.INITS`): ``"scaled_normal"``
+            ``N(0, 1/n_in)``, ``"scaled_uniform"``, ``"standard_normal"`` or ``"zeros"``.
+        bias_init: the value every bias starts at (the notes suggest 0 or 0.01).
         seed: seeds the weights and the shuffle order.
         optimizer: a callable ``params -> Optimizer``, e.g. a class of :mod:`mlp_torch.optim`;
             ``None`` means ``Momentum(lr=3.0, alpha=0.9)``.
