@@ -16,6 +16,10 @@ Backpropagation (notes, eqs. 5-19), rows as examples, weights ``(out, in)``::
 
 with ``s = 1/n`` for ``"mean"`` and ``1`` for ``"sum"``. No autograd is used: it runs under
 ``torch.no_grad()`` on tensors that do not require grad.
+
+The same lines train ``K`` stacked members at once (weights ``(K, out, in)``, see
+:mod:`mlp_torch.network`): the objective's terms are then ``(K,)``, one per member, and ``l1``,
+``l2`` may be ``(K,)`` tensors. Members never mix: each one's gradient is that of its own ``J``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mlp_torch.costs import COSTS, l1_grad, l1_penalty, l2_grad, l2_penalty
+from mlp_torch.costs import COSTS, is_off, l1_grad, l1_penalty, l2_grad, l2_penalty
 from mlp_torch.network import SigmoidMLP, feedforward, sigmoid_prime
 
 __all__ = [
@@ -103,17 +107,26 @@ def objective_terms(
     l2: float = 0.0,
     scale: float = 1.0,
 ) -> dict[str, Tensor]:
-    """``{"J", "cost", "l1", "l2"}``: the objective and its three terms (scalar tensors), each
-    example's cost weighted by ``scale`` (see :func:`reduction_scale`)."""
+    """``{"J", "cost", "l1", "l2"}``: the objective and its three terms (scalar tensors, or
+    ``(K,)`` for stacked members), each example's cost weighted by ``scale`` (see
+    :func:`reduction_scale`)."""
     zs, activations = feedforward(weights, biases, x)
     return _terms(weights, zs[-1], activations[-1], y, cost, l1, l2, scale)
 
 
 def _terms(
-    weights: Sequence[Tensor], z: Tensor, a: Tensor, y: Tensor, cost: str, l1: float, l2: float, scale: float
+    weights: Sequence[Tensor],
+    z: Tensor,
+    a: Tensor,
+    y: Tensor,
+    cost: str,
+    l1: float | Tensor,
+    l2: float | Tensor,
+    scale: float,
 ) -> dict[str, Tensor]:
-    """The objective's terms from the output layer's ``z_L``, ``a_L`` ``(n, n_out)``."""
-    data = scale * COSTS[cost].fn(z, a, y).sum()
+    """The objective's terms from the output layer's ``z_L``, ``a_L`` ``(n, n_out)`` (or
+    ``(K, n, n_out)``)."""
+    data = scale * COSTS[cost].fn(z, a, y).sum(dim=-1)  # () or (K,)
     p1, p2 = l1_penalty(weights, l1), l2_penalty(weights, l2)
     return {"J": data + p1 + p2, "cost": data, "l1": p1, "l2": p2}
 
@@ -121,8 +134,8 @@ def _terms(
 def deltas(
     weights: Sequence[Tensor], zs: Sequence[Tensor], activations: Sequence[Tensor], y: Tensor, cost: str
 ) -> list[Tensor]:
-    """``[delta_1, ..., delta_L]``, each ``(n, n_l)``: the output error, then the errors
-    propagated back, ``delta_l = (delta_{l+1} W_{l+1}) * f'(z_l)`` (notes, eqs. 5-19)."""
+    """``[delta_1, ..., delta_L]``, each ``(n, n_l)`` (or ``(K, n, n_l)``): the output error, then
+    the errors propagated back, ``delta_l = (delta_{l+1} W_{l+1}) * f'(z_l)`` (notes, eqs. 5-19)."""
     delta = COSTS[cost].delta(zs[-1], activations[-1], y)  # (n, n_L)
     ds = [delta]
     for W, a in zip(reversed(weights[1:]), reversed(activations[1:-1])):
@@ -151,19 +164,20 @@ def backprop(
     y: Tensor,
     *,
     cost: str = "quadratic",
-    l1: float = 0.0,
-    l2: float = 0.0,
+    l1: float | Tensor = 0.0,
+    l2: float | Tensor = 0.0,
     scale: float = 1.0,
 ) -> Backprop:
     """Hand-written backpropagation on plain tensors, each example's cost weighted by ``scale``
-    (no checks; see :func:`manual_gradients`)."""
+    (no checks; see :func:`manual_gradients`). Stacked members: weights ``(K, out, in)``, ``x``
+    ``(n, n_in)`` shared or ``(K, n, n_in)``, ``y`` likewise; ``l1``, ``l2`` numbers or ``(K,)``."""
     zs, activations = feedforward(weights, biases, x)
     ds = deltas(weights, zs, activations, y, cost)
-    grad_W = [scale * (d.T @ a) for d, a in zip(ds, activations[:-1])]  # (n_l, n) @ (n, n_{l-1})
-    grad_b = [scale * d.sum(dim=0) for d in ds]  # (n_l,)
-    if l1:
+    grad_W = [scale * (d.mT @ a) for d, a in zip(ds, activations[:-1])]  # (n_l, n) @ (n, n_{l-1})
+    grad_b = [scale * d.sum(dim=-2) for d in ds]  # (n_l,)
+    if not is_off(l1):
         grad_W = [g + l1_grad(W, l1) for g, W in zip(grad_W, weights)]
-    if l2:
+    if not is_off(l2):
         grad_W = [g + l2_grad(W, l2) for g, W in zip(grad_W, weights)]
     terms = _terms(weights, zs[-1], activations[-1], y, cost, l1, l2, scale)
     return Backprop(terms["J"], terms["cost"], terms["l1"], terms["l2"], grad_W, grad_b)

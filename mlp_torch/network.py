@@ -6,6 +6,13 @@ lists are 0-based over the *computing* layers: ``weights[0]`` is ``W_1``. Weight
 ``nn.Linear``'s ``(out, in)`` layout, and examples are rows, so a batch ``x`` is ``(n, n_in)`` and
 ``z_l = a_{l-1} @ W_l.T + b_l`` is ``(n, n_l)``.
 
+Members: every function here (and in :mod:`mlp_torch.costs`, :mod:`mlp_torch.backprop`,
+:mod:`mlp_torch.optim`) also takes ``K`` networks stacked along a leading member dimension, as a
+sweep trains them: weights ``(K, out, in)``, biases ``(K, out)``, activations ``(K, n, n_l)``, and
+per-member settings as ``(K,)`` tensors (see :func:`per_member`). The equations are the same
+lines of code; ``W.mT`` and batched matrix products do the rest. The input ``x`` is either one
+batch ``(n, n_in)`` that all members see, or one batch per member ``(K, n, n_in)``.
+
 This module knows nothing of training or Lightning: it is a plain ``nn.Module``.
 """
 
@@ -17,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["INITS", "SigmoidMLP", "feedforward", "sigmoid", "sigmoid_prime"]
+__all__ = ["INITS", "SigmoidMLP", "feedforward", "per_member", "sigmoid", "sigmoid_prime", "weighted_input"]
 
 
 def sigmoid(z: Tensor) -> Tensor:
@@ -30,19 +37,40 @@ def sigmoid_prime(a: Tensor) -> Tensor:
     return a * (1 - a)
 
 
+def per_member(value: float | Tensor, like: Tensor) -> float | Tensor:
+    """A setting for ``like``: a number as it is, or a ``(K,)`` tensor (one value per member)
+    viewed as ``(K, 1, ..., 1)`` so that it broadcasts over the member dimension of ``like``."""
+    if isinstance(value, Tensor):
+        return value.view(-1, *([1] * (like.dim() - 1)))
+    return value
+
+
+def weighted_input(W: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``z = W a + b`` with rows as examples: ``a @ W.T + b``, ``(n, out)`` or ``(K, n, out)``.
+
+    When stacked members ``W`` ``(K, out, in)`` share one input ``a`` ``(n, in)``, the K products
+    are done as one: ``a @ [W_1; ...; W_K].T``, ``(n, K * out)``.
+    """
+    if W.dim() == 3 and a.dim() == 2:
+        K, n_out, n_in = W.shape
+        z = (a @ W.reshape(K * n_out, n_in).T).view(a.shape[0], K, n_out)  # (n, K, out)
+        return z.transpose(0, 1) + b[:, None, :]  # (K, n, out)
+    return a @ W.mT + b[..., None, :]  # (..., n, in) @ (..., in, out) -> (..., n, out)
+
+
 def feedforward(
     weights: Sequence[Tensor], biases: Sequence[Tensor], x: Tensor
 ) -> tuple[list[Tensor], list[Tensor]]:
     """The forward pass of the notes: ``z_l = W_l a_{l-1} + b_l``, ``a_l = f(z_l)``.
 
     Returns ``zs = [z_1, ..., z_L]`` and ``activations = [a_0 = x, a_1, ..., a_L]``; with rows as
-    examples, each ``z_l`` and ``a_l`` is ``(n, n_l)``.
+    examples, each ``z_l`` and ``a_l`` is ``(n, n_l)``, or ``(K, n, n_l)`` for stacked members.
     """
     zs, activations = [], [x]
     for W, b in zip(weights, biases):
-        z = activations[-1] @ W.T + b  # (n, n_l)
+        z = weighted_input(W, activations[-1], b)  # (n, n_l) or (K, n, n_l)
         zs.append(z)
-        activations.append(sigmoid(z))  # (n, n_l)
+        activations.append(sigmoid(z))  # like z
     return zs, activations
 
 

@@ -13,6 +13,10 @@ Which optimizer is which rule of the notes:
 All of them work as any PyTorch optimizer does: param groups, ``step(closure)``, ``zero_grad``,
 ``state_dict()``/``load_state_dict()`` and the schedulers of ``torch.optim.lr_scheduler``.
 Parameters whose ``.grad`` is None are skipped and get no state.
+
+Stacked members (see :mod:`mlp_torch.network`): ``lr`` and ``alpha`` may also be ``(K,)``
+tensors, one value per member, for parameters with a leading member dimension ``(K, ...)``; each
+member then follows its own rule, in the same lines of code (a sweep; no scheduler then).
 """
 
 import math
@@ -23,17 +27,28 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from mlp_torch.network import per_member
+
 __all__ = ["GradientDescent", "Momentum", "HeavyBall"]
 
 
-def _check_lr(lr: float) -> None:
-    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"Invalid learning rate: {lr} (must be a finite number > 0)")
+def _numbers(value: float | Tensor) -> list[float]:
+    """A setting's values: the number itself, or each member's from a ``(K,)`` float tensor."""
+    if isinstance(value, Tensor) and value.dim() == 1 and value.is_floating_point():
+        return value.tolist()
+    return [value]
 
 
-def _check_alpha(alpha: float) -> None:
-    if not (isinstance(alpha, numbers.Real) and 0 <= alpha < 1):
-        raise ValueError(f"Invalid momentum alpha: {alpha} (must be a number with 0 <= alpha < 1)")
+def _check_lr(lr: float | Tensor) -> None:
+    for v in _numbers(lr):
+        if not (isinstance(v, numbers.Real) and math.isfinite(v) and v > 0):
+            raise ValueError(f"Invalid learning rate: {v} (must be a finite number > 0)")
+
+
+def _check_alpha(alpha: float | Tensor) -> None:
+    for v in _numbers(alpha):
+        if not (isinstance(v, numbers.Real) and 0 <= v < 1):
+            raise ValueError(f"Invalid momentum alpha: {v} (must be a number with 0 <= alpha < 1)")
 
 
 class _NotesOptimizer(Optimizer):
@@ -91,7 +106,7 @@ class GradientDescent(_NotesOptimizer):
         super().__init__(params, {"lr": lr})
 
     def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
-        p.add_(grad, alpha=-group["lr"])  # w <- w - lr * g
+        p.sub_(per_member(group["lr"], p) * grad)  # w <- w - lr * g
 
 
 class Momentum(_NotesOptimizer):
@@ -138,13 +153,13 @@ class Momentum(_NotesOptimizer):
         super().__init__(params, {"lr": lr, "alpha": alpha})
 
     def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
-        lr, alpha = group["lr"], group["alpha"]
+        lr, alpha = per_member(group["lr"], p), per_member(group["alpha"], p)
         state = self.state[p]
         if "dw" not in state:
             state["dw"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # dw(-1) = 0
         dw = state["dw"]
         dw_bp = grad * -lr  # dw_bp(m) = -lr * g(m)
-        dw.mul_(alpha).add_(dw_bp, alpha=1 - alpha)  # dw(m) = (1 - alpha) dw_bp(m) + alpha dw(m-1)
+        dw.mul_(alpha).add_((1 - alpha) * dw_bp)  # dw(m) = (1 - alpha) dw_bp(m) + alpha dw(m-1)
         p.add_(dw)  # w(m+1) = w(m) + dw(m)
 
 
@@ -179,13 +194,13 @@ class HeavyBall(_NotesOptimizer):
         super().__init__(params, {"lr": lr, "alpha": alpha, "nesterov": nesterov})
 
     def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
-        lr, alpha = group["lr"], group["alpha"]
+        lr, alpha = per_member(group["lr"], p), per_member(group["alpha"], p)
         state = self.state[p]
         if "velocity" not in state:
             state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # v(-1)
         v = state["velocity"]
         v.mul_(alpha).add_(grad)  # v(m) = alpha v(m-1) + g(m)
         if group["nesterov"]:
-            p.add_(grad + alpha * v, alpha=-lr)  # w <- w - lr (g + alpha v)
+            p.sub_(lr * (grad + alpha * v))  # w <- w - lr (g + alpha v)
         else:
-            p.add_(v, alpha=-lr)  # w <- w - lr v
+            p.sub_(lr * v)  # w <- w - lr v
