@@ -1,19 +1,31 @@
 """mlp_torch: the textbook sigmoid multilayer perceptron, with every backprop equation written
-out, checked against autograd and finite differences, and trained with the notes' optimizers."""
+out, checked against autograd and finite differences, and trained with the notes' optimizers.
 
-from mlp_torch.backprop import autograd_gradients, manual_gradients, objective
-from mlp_torch.costs import COSTS
-from mlp_torch.gradcheck import GradientCheckReport, gradient_check
-from mlp_torch.network import INITS, SigmoidMLP
+The names below are imported on first use (PEP 562), so that ``mlp-torch --help`` does not pay
+for importing PyTorch.
+"""
 
-__all__ = [
-    "COSTS",
-    "INITS",
-    "GradientCheckReport",
-    "SigmoidMLP",
-    "autograd_gradients",
-    "gradient_check",
-    "manual_gradients",
-    "objective",
-]
+import importlib
+
+_HOMES = {  # public name -> the module that defines it
+    "COSTS": "mlp_torch.costs",
+    "INITS": "mlp_torch.network",
+    "GradientCheckReport": "mlp_torch.gradcheck",
+    "SigmoidMLP": "mlp_torch.network",
+    "autograd_gradients": "mlp_torch.backprop",
+    "gradient_check": "mlp_torch.gradcheck",
+    "manual_gradients": "mlp_torch.backprop",
+    "objective": "mlp_torch.backprop",
+}
+__all__ = sorted(_HOMES)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'mlp_torch' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

@@ -1,4 +1,4 @@
-"""The ``mlp-torch`` command line: LightningCLI's ``fit/validate/test/predict`` plus ``gradcheck``.
+"""``mlp-torch fit/validate/test/predict``: the LightningCLI (:mod:`mlp_torch.command` dispatches).
 
 It only wires: the model (:class:`MLPModule`), the data (:class:`MLPDataModule`), the notes'
 learning-rate callbacks, checkpoints and the TensorBoard logger. ``fit`` ends by testing the best
@@ -11,28 +11,24 @@ run that fails (non-finite J, failed cross-check) ends with one line and exit co
 from __future__ import annotations
 
 import csv
-import os
+import logging
 import shutil
 import sys
 import time
 import warnings
-from argparse import ArgumentError
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from mlp_torch.callbacks import ConvergenceStop, LearningRateDiagnostics, NonFiniteObjectiveError
-from mlp_torch.data import DTYPES, MLPDataModule, from_unit_range
-from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, CrossCheckError, MLPModule
+from mlp_torch.callbacks import ConvergenceStop, LearningRateDiagnostics
+from mlp_torch.command import PROG, main, run_reporting_errors
+from mlp_torch.data import MLPDataModule, from_unit_range
+from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule
 
-__all__ = ["MLPCLI", "main", "make_cli", "run_reporting_errors"]
-
-PROG = "mlp-torch"
+__all__ = ["MLPCLI", "main", "make_cli", "read_checkpoint", "run_reporting_errors"]  # main: mlp_torch.command
 
 
 class MLPCLI(LightningCLI):
@@ -118,8 +114,9 @@ class MLPCLI(LightningCLI):
         self._check_checkpoint_fits()
         self._started = time.perf_counter()
         print(f"data: {self.datamodule.describe()}")
+        n_params = sum(p.numel() for p in self.model.net.parameters())
         print(
-            f"model: sizes {self.model.net.sizes}, cost {self.model.hparams.cost}, "
+            f"model: sizes {self.model.net.sizes} ({n_params} parameters), cost {self.model.hparams.cost}, "
             f"batch_size {self.model.hparams.batch_size}, grad_source {self.model.hparams.grad_source}"
         )
 
@@ -155,10 +152,14 @@ class MLPCLI(LightningCLI):
                 lines.append(f"  {name:<9} {value:.2%}" if name == "test/acc" else f"  {name:<9} {value:.6g}")
         diagnostics = next(c for c in trainer.callbacks if isinstance(c, LearningRateDiagnostics))
         if diagnostics.increases:
+            hint = (
+                "batch GD has no sampling noise: the rate is too large"
+                if model.hparams.batch_size == "full"
+                else "mini-batch noise if by a few %; the rate too large if by much"
+            )
             lines.append(
                 f"  J rose    in {len(diagnostics.increases)} of {trainer.current_epoch} epochs, by at most "
-                f"{diagnostics.largest_rise:.1%} (mini-batch noise if by a few %; "
-                "the rate too large if by much)"
+                f"{diagnostics.largest_rise:.1%} ({hint})"
             )
         lines += [
             f"  epochs    {trainer.current_epoch} ({why})",
@@ -216,9 +217,33 @@ def _tensorboard() -> str:
     return str(beside) if beside.exists() else (shutil.which("tensorboard") or "tensorboard")
 
 
+UNRELATED = (  # Lightning's console lines that say nothing about this run, or nothing new
+    "GPU available: ",  # the device in use is in the run's config.yaml
+    "TPU available: ",
+    "\U0001f4a1 Tip: ",  # the litlogger advertisement
+    "Seed set to ",  # the seed is in config.yaml
+    "`Trainer.fit` stopped: ",  # fit's summary says why it stopped
+)
+
+
+def _drop_unrelated(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(UNRELATED)
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's unrelated tips and device lines; its warnings that matter stay."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+        logger = logging.getLogger(name)
+        if _drop_unrelated not in logger.filters:
+            logger.addFilter(_drop_unrelated)
+    # a resumed run writes into its own checkpoint folder on purpose
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+
+
 def make_cli(args: list[str] | None, run: bool = True) -> MLPCLI:
     """The ``mlp-torch`` LightningCLI on ``args`` (``None``: ``sys.argv``). ``run=False`` only
     builds the model, data and trainer (no subcommand), as ``scripts/cv.py`` does."""
+    quiet_lightning()
     return MLPCLI(
         MLPModule,
         MLPDataModule,
@@ -227,6 +252,7 @@ def make_cli(args: list[str] | None, run: bool = True) -> MLPCLI:
             "max_epochs": 200,
             "log_every_n_steps": 1,
             "num_sanity_val_steps": 0,
+            "enable_model_summary": False,  # the "model:" line says what the summary table would
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": ".", "default_hp_metric": False},
@@ -235,114 +261,13 @@ def make_cli(args: list[str] | None, run: bool = True) -> MLPCLI:
         parser_kwargs={
             "prog": PROG,
             "exit_on_error": False,
-            "description": "Train the textbook sigmoid MLP. Also: `mlp-torch gradcheck --help`.",
+            "description": "Train the textbook sigmoid MLP. All subcommands: `mlp-torch --help`.",
         },
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=args,
         run=run,
     )
-
-
-def gradcheck(
-    sizes: list[int] = [4, 5, 3],  # noqa: B006
-    cost: str = "quadratic",
-    l1: float = 0.0,
-    l2: float = 0.0,
-    reduction: str = "mean",
-    init: str = "scaled_normal",
-    bias_init: float = 0.0,
-    batch_size: int = 8,
-    dtype: str = "float64",
-    device: str = "cpu",
-    seed: int = 0,
-) -> bool:
-    """Check hand-written backprop against autograd and float64 finite differences.
-
-    Args:
-        sizes: layer sizes [n_in, ..., n_out].
-        cost: quadratic or cross_entropy.
-        l1: L1 penalty weight.
-        l2: L2 penalty weight.
-        reduction: mean or sum over the batch.
-        init: scaled_normal, scaled_uniform, standard_normal or zeros.
-        bias_init: initial value of every bias.
-        batch_size: examples in the random batch.
-        dtype: float32 or float64.
-        device: cpu or cuda.
-        seed: seed of the network and the batch.
-    """
-    from mlp_torch import SigmoidMLP, gradient_check
-
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not one of ['float32', 'float64']")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r} is not one of ['cpu', 'cuda']")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but no CUDA device is available: use --device cpu")
-    if isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
-    net = SigmoidMLP(sizes, init=init, bias_init=bias_init, seed=seed).to(device=device, dtype=DTYPES[dtype])
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, sizes[0], generator=gen, dtype=torch.float64)
-    if cost == "cross_entropy":
-        y = torch.eye(sizes[-1], dtype=torch.float64)[torch.randint(sizes[-1], (batch_size,), generator=gen)]
-    else:
-        y = torch.rand(batch_size, sizes[-1], generator=gen, dtype=torch.float64)
-    x, y = x.to(device=device, dtype=DTYPES[dtype]), y.to(device=device, dtype=DTYPES[dtype])
-    report = gradient_check(net, x, y, cost=cost, l1=l1, l2=l2, reduction=reduction)
-    print(
-        f"gradient check: sizes {sizes}, {cost} cost, l1={l1:g}, l2={l2:g}, reduction={reduction}, "
-        f"batch {batch_size}, {dtype} on {device}"
-    )
-    print(report)
-    for failure in report.failures():
-        print(f"FAIL {failure}")
-    return report.passed
-
-
-def _gradcheck_cli(args: list[str]) -> int:
-    parser = ArgumentParser(prog=f"{PROG} gradcheck", exit_on_error=False, description=gradcheck.__doc__)
-    parser.add_function_arguments(gradcheck, as_positional=False)
-    cfg = parser.parse_args(args)
-    return 0 if gradcheck(**vars(cfg)) else 1
-
-
-def _run(args: list[str], from_command_line: bool) -> int:
-    if args and args[0] == "gradcheck":
-        return _gradcheck_cli(args[1:])
-    make_cli(None if from_command_line else args)  # LightningCLI reads sys.argv itself
-    return 0
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``mlp-torch``; returns the exit code. ``MLP_TORCH_DEBUG=1`` shows tracebacks."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    return run_reporting_errors(lambda: _run(args, argv is None))
-
-
-def run_reporting_errors(run: Callable[[], int], prog: str = PROG) -> int:
-    """``run()``'s exit code; bad input (a config value, a data file, a checkpoint) becomes one
-    line ``prog: error: ...`` and 2, a failed training run one line and 1, with no traceback
-    unless ``MLP_TORCH_DEBUG=1``."""
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # inside Lightning itself
-    if os.environ.get("MLP_TORCH_DEBUG"):
-        return run()
-    try:
-        return run()
-    except (NonFiniteObjectiveError, CrossCheckError) as err:
-        print(f"{prog}: training stopped: {_one_line(err)}", file=sys.stderr)
-        return 1
-    except (ArgumentError, ValueError, TypeError, OSError, KeyError) as err:
-        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except SystemExit as err:  # --help and --print_config exit 0; argument errors are handled above
-        return err.code if isinstance(err.code, int) else 0
 
 
 if __name__ == "__main__":

@@ -59,9 +59,9 @@ def test_gradcheck_bad_option_is_one_line_exit_2(tmp_path):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["gradcheck", "--dtype", "float16"], "dtype='float16' is not one of"),
+        (["gradcheck", "--dtype", "float16"], 'Parser key "dtype"'),
         (["gradcheck", "--bogus", "1"], "bogus"),
-        (["gradcheck", "--cost", "hinge"], "cost='hinge' is not a known cost"),
+        (["gradcheck", "--cost", "hinge"], "Got value: hinge"),
         (["fit", "--model.l1", "-1"], "l1=-1.0 must be a finite number >= 0"),
         (["fit", "--model.batch_size", "0"], "batch_size=0 must be an integer >= 1"),
         (["fit", "--trainer.max_epochs", "many"], "max_epochs"),

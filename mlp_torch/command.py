@@ -1,0 +1,178 @@
+"""The ``mlp-torch`` command: its help, its subcommands, ``gradcheck``, and one-line errors.
+
+``fit``, ``validate``, ``test`` and ``predict`` are the LightningCLI of :mod:`mlp_torch.cli`,
+imported only when one of them runs: ``mlp-torch --help`` imports nothing heavy and
+``mlp-torch gradcheck`` only PyTorch and the math files, so both start in a fraction of the time
+Lightning takes to import.
+
+Bad input of any kind ends with one line ``mlp-torch: error: ...`` and exit code 2; a training
+run that fails (non-finite J, failed cross-check) ends with one line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from argparse import ArgumentError
+from collections.abc import Callable
+from typing import Literal
+
+__all__ = ["HELP", "SUBCOMMANDS", "gradcheck", "main", "run_reporting_errors"]
+
+PROG = "mlp-torch"
+SUBCOMMANDS = {  # name -> what it does, as the top-level help lists it
+    "fit": "train a network, test its best checkpoint (lowest val/J), print a summary",
+    "validate": "evaluate a checkpoint (--ckpt_path) on the validation split",
+    "test": "evaluate a checkpoint (--ckpt_path) on the held-out test split",
+    "predict": "write a checkpoint's predictions for the test split to predictions.csv",
+    "gradcheck": "check hand-written backprop against autograd and finite differences",
+}
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+HELP = f"""usage: {PROG} [-h] {{{",".join(SUBCOMMANDS)}}} ...
+
+Train the textbook sigmoid MLP: hand-written backprop checked against autograd, the notes'
+optimizers, Lightning training, TensorBoard logs.
+
+subcommands ({PROG} SUBCOMMAND --help shows each one's options):
+{chr(10).join(f"  {name:<11}{text}" for name, text in SUBCOMMANDS.items())}
+
+options:
+  -h, --help show this help message and exit
+
+examples:
+  {PROG} fit                                  train the default network on digits
+  {PROG} fit --config configs/xor.yaml        a shipped config (configs/)
+  {PROG} predict --ckpt_path last             predictions of the newest run's last checkpoint
+  {PROG} gradcheck --cost cross_entropy       the three-way gradient check
+"""
+
+
+def gradcheck(
+    sizes: list[int] = [4, 5, 3],  # noqa: B006 (read-only; jsonargparse shows it)
+    cost: Literal["quadratic", "cross_entropy"] = "quadratic",
+    l1: float = 0.0,
+    l2: float = 0.0,
+    reduction: Literal["mean", "sum"] = "mean",
+    init: Literal["scaled_normal", "scaled_uniform", "standard_normal", "zeros"] = "scaled_normal",
+    bias_init: float = 0.0,
+    batch_size: int = 8,
+    dtype: Literal["float32", "float64"] = "float64",
+    device: Literal["cpu", "cuda"] = "cpu",
+    seed: int = 0,
+) -> bool:
+    """Check hand-written backprop against autograd and float64 finite differences.
+
+    Args:
+        sizes: layer sizes [n_in, ..., n_out].
+        cost: the data term of J.
+        l1: L1 penalty weight.
+        l2: L2 penalty weight.
+        reduction: the cost averaged (mean) or summed (sum) over the batch.
+        init: how the weights start.
+        bias_init: initial value of every bias.
+        batch_size: examples in the random batch.
+        dtype: the network's float type (finite differences are always float64).
+        device: where the network and the batch live.
+        seed: seed of the network and the batch.
+    """
+    import torch
+
+    from mlp_torch.gradcheck import gradient_check
+    from mlp_torch.network import SigmoidMLP
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA device is available: use --device cpu")
+    if isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    float_type = getattr(torch, dtype)
+    net = SigmoidMLP(sizes, init=init, bias_init=bias_init, seed=seed).to(device=device, dtype=float_type)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, sizes[0], generator=gen, dtype=torch.float64)  # (n, n_in)
+    if cost == "cross_entropy":  # one-hot targets, (n, n_out)
+        y = torch.eye(sizes[-1], dtype=torch.float64)[torch.randint(sizes[-1], (batch_size,), generator=gen)]
+    else:
+        y = torch.rand(batch_size, sizes[-1], generator=gen, dtype=torch.float64)  # (n, n_out)
+    x, y = x.to(device=device, dtype=float_type), y.to(device=device, dtype=float_type)
+    report = gradient_check(net, x, y, cost=cost, l1=l1, l2=l2, reduction=reduction)
+    print(
+        f"gradient check: sizes {sizes}, {cost} cost, l1={l1:g}, l2={l2:g}, reduction={reduction}, "
+        f"batch {batch_size}, {dtype} on {device}"
+    )
+    print(report)
+    for failure in report.failures():
+        print(f"FAIL {failure}")
+    return report.passed
+
+
+def _gradcheck_cli(args: list[str]) -> int:
+    from jsonargparse import ArgumentParser
+
+    summary = gradcheck.__doc__.split("\n\n")[0]  # the Args block becomes the options' help
+    parser = ArgumentParser(prog=f"{PROG} gradcheck", exit_on_error=False, description=summary)
+    parser.add_function_arguments(gradcheck, as_positional=False, as_group=False)
+    cfg = parser.parse_args(args)
+    return 0 if gradcheck(**vars(cfg)) else 1
+
+
+def _run(args: list[str], from_command_line: bool) -> int:
+    if not args or args[0] in ("-h", "--help"):
+        print(HELP, end="", file=sys.stdout if args else sys.stderr)
+        if not args:
+            raise ArgumentError(None, f"give a subcommand: {', '.join(SUBCOMMANDS)}")
+        return 0
+    if args[0] == "gradcheck":
+        return _gradcheck_cli(args[1:])
+    if args[0] not in LIGHTNING_SUBCOMMANDS and not args[0].startswith("-"):
+        raise ArgumentError(
+            None, f"unknown subcommand {args[0]!r}: use one of {', '.join(SUBCOMMANDS)} (see {PROG} --help)"
+        )
+    from mlp_torch.cli import make_cli  # imports Lightning
+
+    make_cli(None if from_command_line else args)  # LightningCLI reads sys.argv itself
+    return 0
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def _training_failure(err: RuntimeError) -> bool:
+    """Whether ``err`` is a failed training run (non-finite J, failed cross-check). Their classes
+    live with Lightning code, which is loaded by then if training ran."""
+    from mlp_torch.callbacks import NonFiniteObjectiveError
+    from mlp_torch.module import CrossCheckError
+
+    return isinstance(err, (NonFiniteObjectiveError, CrossCheckError))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mlp-torch``; returns the exit code. ``MLP_TORCH_DEBUG=1`` shows tracebacks."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return run_reporting_errors(lambda: _run(args, argv is None))
+
+
+def run_reporting_errors(run: Callable[[], int], prog: str = PROG) -> int:
+    """``run()``'s exit code; bad input (a config value, a data file, a checkpoint) becomes one
+    line ``prog: error: ...`` and 2, a failed training run one line and 1, with no traceback
+    unless ``MLP_TORCH_DEBUG=1``."""
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # inside Lightning itself
+    if os.environ.get("MLP_TORCH_DEBUG"):
+        return run()
+    try:
+        return run()
+    except RuntimeError as err:
+        if not _training_failure(err):
+            raise
+        print(f"{prog}: training stopped: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except (ArgumentError, ValueError, TypeError, OSError, KeyError) as err:
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except SystemExit as err:  # --help and --print_config exit 0; argument errors are handled above
+        return err.code if isinstance(err.code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
