@@ -32,13 +32,18 @@ import torch
 import torchmetrics
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from mlp_torch.backprop import backprop, check_objective_args, objective_terms
+from mlp_torch.backprop import check_objective_args, objective_terms
+from mlp_torch.costs import COSTS, l1_grad, l1_penalty, l2_penalty
 from mlp_torch.data import DTYPES, epoch_permutation, from_unit_range
+from mlp_torch.fused import fused_backprop
 from mlp_torch.gradcheck import TOLERANCES, relative_error
-from mlp_torch.network import SigmoidMLP
+from mlp_torch.network import SigmoidMLP, feedforward
 from mlp_torch.optim import Momentum
+from mlp_torch.threads import SMALL_PRODUCT, choose_num_threads, largest_product
 
 __all__ = ["CrossCheckError", "MLPModule"]
 
@@ -50,6 +55,22 @@ DEFAULT_L2 = 1e-4  # weight decay gamma; with lr 3, +0.56 points of held-out acc
 
 class CrossCheckError(RuntimeError):
     """Hand-written and autograd gradients disagree beyond the tolerance during training."""
+
+
+def _views(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """Views of ``flat`` shaped like each of ``like``, laid end to end."""
+    views, offset = [], 0
+    for t in like:
+        views.append(flat[offset : offset + t.numel()].view(t.shape))
+        offset += t.numel()
+    return views
+
+
+def _unhooked(opt: torch.optim.Optimizer) -> bool:
+    """``opt`` has :meth:`mlp_torch.optim._NotesOptimizer.update` and no step hook to run."""
+    hooks = (_global_optimizer_pre_hooks, _global_optimizer_post_hooks)
+    own = (opt._optimizer_step_pre_hooks, opt._optimizer_step_post_hooks)
+    return hasattr(opt, "update") and not any(hooks) and not any(own)
 
 
 def _positive_int(name: str, value, allow_zero: bool = False) -> None:
@@ -90,7 +111,11 @@ class MLPModule(L.LightningModule):
         crosscheck_action: beyond the tolerance, ``"warn"`` or ``"error"`` (stop training).
         crosscheck_tolerance: relative error allowed; ``None``: by dtype (1e-10 float64, 1e-4 float32).
         dtype: ``"float32"`` or ``"float64"`` for the network (the data follows it).
-        histograms: log weight and gradient histograms each epoch.
+        histograms_every_n_epochs: log weight and gradient histograms every n epochs (epochs 0,
+            n, 2n, ...); 0 turns them off. Each costs milliseconds, more than the epoch itself
+            for small data, hence not every epoch.
+        num_threads: intra-op threads; ``None``: by the size of an update's largest matrix
+            product (:func:`mlp_torch.threads.choose_num_threads`: 1 for small networks).
     """
 
     def __init__(
@@ -117,7 +142,8 @@ class MLPModule(L.LightningModule):
         crosscheck_action: Literal["warn", "error"] = "warn",
         crosscheck_tolerance: float | None = None,
         dtype: Literal["float32", "float64"] = "float32",
-        histograms: bool = True,
+        histograms_every_n_epochs: int = 10,
+        num_threads: int | None = None,
     ) -> None:
         super().__init__()
         check_objective_args(cost, l1, l2, reduction)
@@ -126,6 +152,9 @@ class MLPModule(L.LightningModule):
         if chunk_size is not None:
             _positive_int("chunk_size", chunk_size)
         _positive_int("crosscheck_every_n_steps", crosscheck_every_n_steps, allow_zero=True)
+        _positive_int("histograms_every_n_epochs", histograms_every_n_epochs, allow_zero=True)
+        if num_threads is not None:
+            _positive_int("num_threads", num_threads)
         for name, value, choices in (
             ("task", task, ("classification", "regression")),
             ("grad_source", grad_source, ("manual", "autograd")),
@@ -157,31 +186,105 @@ class MLPModule(L.LightningModule):
         return self.net(x)
 
     # ---- training -------------------------------------------------------------------------
+    #
+    # The lean loop. The network's parameters are views of one flat tensor ``self.flat``, laid out
+    # ``[W_1, ..., W_L, b_1, ..., b_L]``, and the optimizer updates that one tensor (every rule of
+    # mlp_torch.optim is elementwise, so this is the update of each parameter); the gradient is
+    # written into ``self.flat_grad``, laid out alike. Per update the loop only computes: the
+    # penalties' sums at the weights used (one op each, when on), the batch's gradient, the step.
+    # Each example's ``z_L`` is kept, so its cost at the weights it was used with (train/J) is
+    # computed once per epoch; nothing is read back to the host before the epoch ends.
 
-    def _gradients(self, x: Tensor, y: Tensor, source: str, scale: float, penalties: bool):
-        """``(terms, grads)`` of the objective on one batch or chunk: the cost scaled by ``scale``,
-        the penalties only if ``penalties``; grads ordered as ``net.parameters()``."""
-        kw = dict(self.objective_kw)
-        if not penalties:
-            kw.update(l1=0.0, l2=0.0)
+    def _flat_order(self) -> dict[str, Tensor]:
+        """The parameters by name in ``self.flat``'s order: all weights, then all biases."""
+        layers = list(enumerate(self.net.layers))
+        return {f"layers.{i}.{k}": getattr(layer, k) for k in ("weight", "bias") for i, layer in layers}
+
+    def _flatten_parameters(self) -> None:
+        """Make the parameters views of ``self.flat`` (kept if they already are; redone, same
+        values, after they were moved or cast) and lay out ``self.flat_grad`` alike."""
+        params = list(self._flat_order().values())
+        flat = getattr(self, "flat", None)
+        if (
+            flat is not None
+            and (flat.device, flat.dtype) == (params[0].device, params[0].dtype)
+            and all(p.data_ptr() == v.data_ptr() for p, v in zip(params, _views(flat, params)))
+        ):
+            return
+        data = torch.cat([p.detach().reshape(-1) for p in params])  # (P,)
+        if flat is None:
+            self.flat = data
+        else:
+            flat.data = data  # the optimizer holds this tensor: keep it
+        for p, view in zip(params, _views(self.flat, params)):
+            p.data = view
+        self.flat_grad = torch.zeros_like(self.flat)  # (P,)
+        self.grads = _views(self.flat_grad, params)  # [dJ/dW_1, ..., dJ/dW_L, dJ/db_1, ..., dJ/db_L]
+        self.n_weights = sum(W.numel() for W in self.net.weights)
+
+    def batch_gradient(
+        self, x: Tensor, y: Tensor, scale: float, source: str, out: Tensor, z_out: Tensor | None = None
+    ) -> None:
+        """Write ``dJ/dp`` of the batch ``(x, y)``, each example's cost weighted by ``scale`` and
+        the penalties added once, into ``out`` (laid out as ``self.flat``); the batch is fed in
+        chunks of ``chunk_size`` if set. ``z_out`` ``(n, n_out)``: where to keep each example's
+        ``z_L``. ``source``: ``"manual"`` (hand-written, :func:`mlp_torch.fused.fused_backprop`)
+        or ``"autograd"``."""
+        views = self.grads if out is self.flat_grad else _views(out, self.grads)
+        n = x.shape[0]
+        chunk = min(self.hparams.chunk_size or n, n)
+        part = views if chunk == n else _views(torch.empty_like(out), self.grads)
+        for start in range(0, n, chunk):
+            rows = slice(start, start + chunk)
+            z = None if z_out is None else z_out[rows]
+            self._data_gradient(x[rows], y[rows], scale, source, views if start == 0 else part, z)
+            if start:
+                torch._foreach_add_(views, part)  # sum the chunks' gradients
+        self._add_penalty_gradient(out, source)
+
+    def _data_gradient(self, x, y, scale, source, grads: list[Tensor], z_out: Tensor | None) -> None:
+        """The gradient of ``scale * sum_i C_i`` into ``grads`` (ordered as ``self.grads``)."""
         weights, biases = self.net.weights, self.net.biases
+        cost = self.hparams.cost
         if source == "manual":
-            bp = backprop(weights, biases, x, y, scale=scale, **kw)
-            grads = [g for gW, gb in zip(bp.grad_W, bp.grad_b) for g in (gW, gb)]
-            return (bp.J, bp.cost, bp.l1, bp.l2), grads
+            fused_backprop(weights, biases, x, y, grads[: len(weights)], grads[len(weights) :],
+                           cost=cost, scale=scale, z_out=z_out)  # fmt: skip
+            return
         with torch.enable_grad():
-            terms = objective_terms(weights, biases, x, y, scale=scale, **kw)
-            grads = list(torch.autograd.grad(terms["J"], list(self.net.parameters())))
-        return tuple(terms[k].detach() for k in ("J", "cost", "l1", "l2")), grads
+            zs, activations = feedforward(weights, biases, x)
+            data = scale * COSTS[cost].fn(zs[-1], activations[-1], y).sum()
+            torch._foreach_copy_(grads, torch.autograd.grad(data, [*weights, *biases]))
+        if z_out is not None:
+            z_out.copy_(zs[-1])
 
-    def _crosscheck(self, manual: list[Tensor], auto: list[Tensor]) -> float:
-        errors = {
-            name: relative_error(m, a) for (name, _), m, a in zip(self.net.named_parameters(), manual, auto)
-        }
+    def _add_penalty_gradient(self, out: Tensor, source: str) -> None:
+        """Add the penalties' gradient to the weights' part of ``out``, once for all layers."""
+        l1, l2 = self.hparams.l1, self.hparams.l2
+        if not (l1 or l2):
+            return
+        w, g = self.flat[: self.n_weights], out[: self.n_weights]  # (P_w,): all weights, all their grads
+        if source == "manual":
+            if l1:
+                g.add_(l1_grad(w, l1))
+            if l2:
+                g.add_(w, alpha=2 * l2)  # + l2_grad(w) = 2 l2 w, in one op
+            return
+        with torch.enable_grad():
+            leaf = w.detach().requires_grad_()
+            g.add_(torch.autograd.grad(l1_penalty([leaf], l1) + l2_penalty([leaf], l2), leaf)[0])
+
+    def _crosscheck(self, x: Tensor, y: Tensor, scale: float, step: int) -> float:
+        """Compare the gradient just computed with the other source's on the same batch."""
+        source = self.hparams.grad_source
+        other = torch.empty_like(self.flat_grad)
+        self.batch_gradient(x, y, scale, "autograd" if source == "manual" else "manual", other)
+        manual, auto = (self.flat_grad, other) if source == "manual" else (other, self.flat_grad)
+        pairs = zip(self._flat_order(), _views(manual, self.grads), _views(auto, self.grads))
+        errors = {name: relative_error(m, a) for name, m, a in pairs}
         name, worst = max(errors.items(), key=lambda kv: kv[1])
         if not worst <= self.crosscheck_tolerance:
             msg = (
-                f"hand-written and autograd gradients disagree at update {self.global_step}: parameter "
+                f"hand-written and autograd gradients disagree at update {step}: parameter "
                 f"{name} has relative error {worst:.3g} > tolerance {self.crosscheck_tolerance:g}"
             )
             if self.hparams.crosscheck_action == "error":
@@ -189,52 +292,55 @@ class MLPModule(L.LightningModule):
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
         return worst
 
-    def _update(self, opt, x: Tensor, y: Tensor, scale: float, chunk: int) -> tuple[Tensor, ...]:
-        """One optimizer step on the batch ``(x, y)``, its gradient summed over chunks of
-        ``chunk`` examples; returns the batch's ``(J, cost, l1, l2)``."""
-        every = self.hparams.crosscheck_every_n_steps
-        check = every > 0 and self.global_step % every == 0
-        source = self.hparams.grad_source
-        sources = ("manual", "autograd") if check else (source,)
-        totals: dict[str, list[Tensor]] = {}
-        terms = None
-        for start in range(0, x.shape[0], chunk):
-            xc, yc = x[start : start + chunk], y[start : start + chunk]  # (c, n_in), (c, n_out)
-            for s in sources:
-                t, grads = self._gradients(xc, yc, s, scale, penalties=start == 0)
-                if s == source:
-                    terms = t if terms is None else tuple(a + b for a, b in zip(terms, t))
-                totals[s] = grads if s not in totals else [a + b for a, b in zip(totals[s], grads)]
-        if check:
-            self.crosscheck_errors.append(self._crosscheck(totals["manual"], totals["autograd"]))
-        for p, g in zip(self.net.parameters(), totals[source]):
-            p.grad = g
-        opt.step()
-        return terms
+    def _set_threads(self, rows: int) -> None:
+        """Intra-op threads by :func:`mlp_torch.threads.choose_num_threads` (or ``num_threads``);
+        logged once."""
+        threads = self.hparams.num_threads or choose_num_threads(self.net.sizes, rows)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        if getattr(self, "_threads_logged", None) != threads:
+            self._threads_logged = threads
+            product = largest_product(self.net.sizes, rows)
+            rule = f"{'<' if threads == 1 else '>='} {SMALL_PRODUCT:,}; --model.num_threads to choose"
+            how = f"largest matrix product per update {product:,} multiply-adds, {rule}"
+            how = "--model.num_threads" if self.hparams.num_threads else how
+            rank_zero_info(f"threads: {threads} ({how})")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch  # the whole training split: (N, n_in), (N, n_out)
+        hp = self.hparams
         n = x.shape[0]
-        mean = self.hparams.reduction == "mean"
-        size = n if self.hparams.batch_size == "full" else min(self.hparams.batch_size, n)
-        chunk = self.hparams.chunk_size or size
-        if self.hparams.batch_size == "full":
-            batches = [(x, y)]
-        else:
-            order = epoch_permutation(n, self.hparams.seed, self.current_epoch, device=x.device)
-            batches = [(x[i], y[i]) for i in order.split(size)]  # (b, n_in), (b, n_out)
+        size = n if hp.batch_size == "full" else min(hp.batch_size, n)
+        self._set_threads(min(size, hp.chunk_size or size))
+        if hp.batch_size != "full":
+            order = epoch_permutation(n, hp.seed, self.current_epoch, device=x.device)
+            x, y = x[order], y[order]  # (N, n_in), (N, n_out): this epoch's order
+        self._flatten_parameters()
+        self.flat.grad = self.flat_grad
+        z_out = torch.empty_like(y)  # (N, n_out): each example's z_L at the weights it was used with
+        batches = list(zip(x.split(size), y.split(size), z_out.split(size)))
+        sums = x.new_zeros(2, len(batches))  # (2, K): sum |w| and sum w^2 at each update's weights
+        sum_abs, sum_sq = sums.unbind(0)
+        l1_at, l2_at = sum_abs.unbind(), sum_sq.unbind()
+        w = self.flat[: self.n_weights]  # (P_w,): all weights
+        opt = self.optimizers(use_pl_optimizer=False)
+        step = opt.update if _unhooked(opt) else opt.step
+        mean, source, every = hp.reduction == "mean", hp.grad_source, hp.crosscheck_every_n_steps
+        first = self.global_step
         self.crosscheck_errors: list[float] = []
-        js = torch.empty(len(batches), dtype=x.dtype, device=x.device)  # J of every update
-        cost = torch.zeros((), dtype=x.dtype, device=x.device)
-        penalty = torch.zeros(2, dtype=x.dtype, device=x.device)
-        opt = self.optimizers()
-        for k, (xb, yb) in enumerate(batches):
-            b = xb.shape[0]
-            J, c, p1, p2 = self._update(opt, xb, yb, 1.0 / b if mean else 1.0, chunk)
-            js[k] = J
-            cost += c * b / n if mean else c  # each example's cost once, reduced over all N
-            penalty += torch.stack((p1, p2)) / len(batches)
-        train = {"cost": cost, "l1": penalty[0], "l2": penalty[1], "J": cost + penalty.sum()}
+        with torch.no_grad():
+            for k, (xb, yb, zb) in enumerate(batches):
+                if hp.l1:
+                    torch.linalg.vector_norm(w, 1, out=l1_at[k])
+                if hp.l2:
+                    torch.dot(w, w, out=l2_at[k])
+                scale = 1.0 / xb.shape[0] if mean else 1.0
+                self.batch_gradient(xb, yb, scale, source, self.flat_grad, zb)
+                if every and (first + k) % every == 0:
+                    self.crosscheck_errors.append(self._crosscheck(xb, yb, scale, first + k))
+                step()
+            self._count_updates(len(batches))
+            train, js = self._epoch_objective(z_out, y, size, sums)
         nonfinite = torch.nonzero(~torch.isfinite(js))  # (k, 1): the updates whose J was inf or NaN
         self.epoch_stats = {
             "J": float(train["J"]),
@@ -242,30 +348,53 @@ class MLPModule(L.LightningModule):
             "updates": len(batches),
             "lr": opt.param_groups[0]["lr"],
         }
-        self.log_dict({f"train/{k}": v for k, v in train.items()}, on_step=False, on_epoch=True)
-        self.log("lr", self.epoch_stats["lr"], on_step=False, on_epoch=True)
+        metrics = {f"train/{k}": v for k, v in train.items()}
+        metrics["lr"] = self.epoch_stats["lr"]
+        for i, W in enumerate(self.net.weights):
+            metrics[f"sparsity/layer_{i}"] = (W.abs() < NEAR_ZERO).float().mean()
         if self.crosscheck_errors:
-            self.log("gradcheck/max_rel_err", max(self.crosscheck_errors), on_step=False, on_epoch=True)
-        self._log_layers()
+            metrics["gradcheck/max_rel_err"] = max(self.crosscheck_errors)
+        self.log_dict(metrics, on_step=False, on_epoch=True)
+        self._log_histograms()
+
+    def _epoch_objective(self, z: Tensor, y: Tensor, size: int, sums: Tensor) -> tuple[dict, Tensor]:
+        """The epoch's ``{"J", "cost", "l1", "l2"}`` (see the module docstring) and the ``J`` of
+        each update ``(K,)``, from each example's ``z_L`` ``(N, n_out)`` and the penalties' sums
+        ``(2, K)``."""
+        hp = self.hparams
+        n = z.shape[0]
+        costs = COSTS[hp.cost].fn(z, torch.sigmoid(z), y)  # (N,): C_i at the weights example i was used with
+        which = torch.arange(n, device=z.device) // size  # (N,): the update each example fed
+        per_update = costs.new_zeros(sums.shape[1]).index_add_(0, which, costs)  # (K,)
+        if hp.reduction == "mean":
+            per_update = per_update / torch.bincount(which)  # (K,)
+        penalties = sums * sums.new_tensor([[hp.l1], [hp.l2]])  # (2, K)
+        cost = costs.sum() / n if hp.reduction == "mean" else costs.sum()
+        l1, l2 = penalties.mean(dim=1)
+        return {"cost": cost, "l1": l1, "l2": l2, "J": cost + l1 + l2}, per_update + penalties.sum(0)
+
+    def _count_updates(self, k: int) -> None:
+        """Count ``k`` optimizer steps in ``global_step``, as Lightning's optimizer wrapper would
+        one by one (the loop steps the optimizer itself, without the wrapper's per-step cost)."""
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.total.increment_by(k)
+        progress.current.increment_by(k)
 
     def on_train_epoch_end(self) -> None:
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
 
-    def _log_layers(self) -> None:
-        """Per layer: the fraction of weights near zero; histograms of weights and gradients (the
-        last update's). Done in the training step: Lightning drops ``.grad`` before validation."""
-        for i, W in enumerate(self.net.weights):
-            self.log(
-                f"sparsity/layer_{i}", (W.abs() < NEAR_ZERO).float().mean(), on_step=False, on_epoch=True
-            )
-        if not (self.hparams.histograms and isinstance(self.logger, TensorBoardLogger)):
+    def _log_histograms(self) -> None:
+        """Histograms of weights and gradients (the epoch's last update's), every
+        ``histograms_every_n_epochs`` epochs (from the first)."""
+        every = self.hparams.histograms_every_n_epochs
+        if not (every and self.current_epoch % every == 0 and isinstance(self.logger, TensorBoardLogger)):
             return
         tb = self.logger.experiment
-        for name, p in self.net.named_parameters():
-            for kind, t in (("weights", p.detach()), ("grads", p.grad)):
-                if t is not None and bool(torch.isfinite(t).all()):  # TensorBoard rejects inf/NaN
+        for (name, p), g in zip(self._flat_order().items(), self.grads):
+            for kind, t in (("weights", p.detach()), ("grads", g)):
+                if bool(torch.isfinite(t).all()):  # TensorBoard rejects inf/NaN
                     try:
                         tb.add_histogram(f"{kind}/{name}", t, self.current_epoch)
                     except ValueError:  # values so large that the bin edges overflow
@@ -302,10 +431,12 @@ class MLPModule(L.LightningModule):
         return from_unit_range(y_hat, self.hparams.target_low, self.hparams.target_high)
 
     def configure_optimizers(self):
+        """The optimizer of one tensor, ``self.flat``, of which the parameters are views."""
+        self._flatten_parameters()
         if self.optimizer_factory is None:
-            optimizer = Momentum(self.net.parameters(), lr=DEFAULT_LR, alpha=DEFAULT_ALPHA)
+            optimizer = Momentum([self.flat], lr=DEFAULT_LR, alpha=DEFAULT_ALPHA)
         else:
-            optimizer = self.optimizer_factory(self.net.parameters())
+            optimizer = self.optimizer_factory([self.flat])
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}

@@ -17,6 +17,11 @@ Parameters whose ``.grad`` is None are skipped and get no state.
 Stacked members (see :mod:`mlp_torch.network`): ``lr`` and ``alpha`` may also be ``(K,)``
 tensors, one value per member, for parameters with a leading member dimension ``(K, ...)``; each
 member then follows its own rule, in the same lines of code (a sweep; no scheduler then).
+
+To update many parameters at once, hand an optimizer one flat tensor of which the parameters are
+views (as :class:`mlp_torch.module.MLPModule` does): every rule here is elementwise, so one update
+of the flat tensor is the update of each view. Loops that step thousands of times per second can
+call :meth:`update`: ``step()`` without its closure, step hooks and profiler record.
 """
 
 import math
@@ -74,11 +79,16 @@ class _NotesOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, p.grad, group)
+        self.update()
         return loss
+
+    def update(self) -> None:
+        """The update of :meth:`step` alone: no closure, no step hooks, no profiler record."""
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._update(p, p.grad, group)
 
     def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
         raise NotImplementedError

@@ -25,7 +25,7 @@ from mlp_torch.optim import Momentum
 
 def lightning_run(dm: MLPDataModule, epochs: int, batch_size: int) -> tuple[float, int]:
     module = MLPModule(
-        n_inputs=dm.n_features, n_outputs=dm.n_outputs, batch_size=batch_size, histograms=False
+        n_inputs=dm.n_features, n_outputs=dm.n_outputs, batch_size=batch_size, histograms_every_n_epochs=0
     )
     trainer = L.Trainer(
         max_epochs=epochs,

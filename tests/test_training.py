@@ -27,7 +27,7 @@ def make(dataset="iris", dtype="float64", optimizer=None, **kw):
         target_high=dm.target_high,
         dtype=dtype,
         optimizer=optimizer or functools.partial(GradientDescent, lr=0.5),
-        histograms=False,
+        histograms_every_n_epochs=0,
         **{"hidden_sizes": [6], **kw},
     )
     return dm, module
@@ -202,7 +202,7 @@ def test_convergence_stop_says_why():
 
 def test_regression_reports_mse_in_target_units():
     dm, module = make("sine", batch_size=16, optimizer=functools.partial(Momentum, lr=0.5, alpha=0.9))
-    module.hparams.histograms = False
+    module.hparams.histograms_every_n_epochs = 0
     trainer = fit(dm, module, epochs=30)
     mse = trainer.callback_metrics["val/mse"].item()
     assert 0 < mse < 0.2  # sin(x) has variance 0.5; noise variance 0.01
