@@ -269,9 +269,10 @@ class MLPModule(L.LightningModule):
             if l2:
                 g.add_(w, alpha=2 * l2)  # + l2_grad(w) = 2 l2 w, in one op
             return
+        weights = [W.detach().requires_grad_() for W in self.net.weights]
         with torch.enable_grad():
-            leaf = w.detach().requires_grad_()
-            g.add_(torch.autograd.grad(l1_penalty([leaf], l1) + l2_penalty([leaf], l2), leaf)[0])
+            grads = torch.autograd.grad(l1_penalty(weights, l1) + l2_penalty(weights, l2), weights)
+        torch._foreach_add_(_views(g, weights), grads)
 
     def _crosscheck(self, x: Tensor, y: Tensor, scale: float, step: int) -> float:
         """Compare the gradient just computed with the other source's on the same batch."""
