@@ -19,7 +19,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -27,6 +28,7 @@ from mlp_torch.callbacks import ConvergenceStop, LearningRateDiagnostics
 from mlp_torch.command import PROG, main, run_reporting_errors
 from mlp_torch.data import MLPDataModule, from_unit_range
 from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule
+from mlp_torch.progress import EpochProgressBar
 
 __all__ = ["MLPCLI", "main", "make_cli", "read_checkpoint", "run_reporting_errors"]  # main: mlp_torch.command
 
@@ -56,6 +58,17 @@ class MLPCLI(LightningCLI):
         parser.link_arguments("model.dtype", "data.dtype")
         parser.link_arguments("seed_everything", "model.seed")
         parser.link_arguments("seed_everything", "data.seed")
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The trainer, with :class:`EpochProgressBar` as its progress bar unless the bar is off
+        (``--trainer.enable_progress_bar false``) or another one is given."""
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = list(config.get("callbacks") or [])
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            kwargs["callbacks"] = [*callbacks, EpochProgressBar()]
+        return super().instantiate_trainer(**kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         """Parse, then resolve and read ``--ckpt_path`` before anything is built or written.
