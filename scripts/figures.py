@@ -1,0 +1,385 @@
+"""The lecture notes' experiments as figures, trained by this package's own code.
+
+Run by ``scripts/figures`` (which sets up ``.venv`` first); writes ``docs/figures/*.png``:
+
+    .venv/bin/python scripts/figures.py                     # every figure
+    .venv/bin/python scripts/figures.py momentum penalties  # only these
+
+Every network here is an :class:`MLPModule` (hand-written backprop, the optimizers of
+:mod:`mlp_torch.optim`) trained by a Lightning ``Trainer`` on :class:`MLPDataModule`'s digits
+(seed 0: 1079 training and 359 validation examples; the test split is never read). A callback
+records, after each epoch, the objective ``J`` of the whole training split at the current weights
+(:func:`mlp_torch.objective`) and the seconds spent in training alone. Unless a figure says
+otherwise the objective is the default one without its L2 term (cross-entropy, ``l2=0``), so that
+only the setting under study changes. Each figure also prints the numbers its caption is based on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as L
+import matplotlib
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from mlp_torch import autograd_gradients, manual_gradients, objective  # noqa: E402
+from mlp_torch.data import MLPDataModule  # noqa: E402
+from mlp_torch.gradcheck import relative_error  # noqa: E402
+from mlp_torch.module import NEAR_ZERO, MLPModule  # noqa: E402
+from mlp_torch.optim import GradientDescent, Momentum  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "figures"
+DPI = 80  # keeps every PNG well under 200 KB
+
+
+@dataclass
+class History:
+    """What one training run left behind, one entry per epoch (index 0: before training)."""
+
+    J: list[float] = field(default_factory=list)  # training-split J at the weights after the epoch
+    seconds: list[float] = field(default_factory=list)  # training time so far (evaluation excluded)
+    updates: list[int] = field(default_factory=list)  # optimizer steps so far
+    extra: list = field(default_factory=list)  # what the run's probe returned after each epoch
+    module: MLPModule | None = None
+
+
+class Recorder(L.Callback):
+    """Fills a :class:`History`: J of the whole training split, the training time, the number of
+    updates, and ``probe(module, data)`` if given, before training and after every epoch."""
+
+    def __init__(self, data: MLPDataModule, probe: Callable | None = None) -> None:
+        self.data, self.probe, self.history = data, probe, History()
+
+    def _record(self, module: MLPModule, seconds: float, updates: int) -> None:
+        kw = {k: module.hparams[k] for k in ("cost", "reduction")}
+        with torch.no_grad():
+            J = objective(module.net, self.data.x_train, self.data.y_train, **kw, **_penalties(module))
+        h = self.history
+        h.J.append(float(J))
+        h.seconds.append(seconds)
+        h.updates.append(updates)
+        if self.probe is not None:
+            h.extra.append(self.probe(module, self.data))
+
+    def on_train_start(self, trainer: L.Trainer, module: MLPModule) -> None:
+        self._record(module, 0.0, 0)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: MLPModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: MLPModule) -> None:
+        h = self.history
+        seconds = h.seconds[-1] + time.perf_counter() - self._started
+        self._record(module, seconds, h.updates[-1] + module.epoch_stats["updates"])
+
+
+def _penalties(module: MLPModule) -> dict[str, float]:
+    return {k: module.hparams[k] for k in ("l1", "l2")}
+
+
+def train(data: MLPDataModule, epochs: int, probe: Callable | None = None, **model_kw) -> History:
+    """Fit ``MLPModule(**model_kw)`` for ``epochs`` epochs (no logger, checkpoint or validation
+    loop); returns its :class:`History` with the trained module."""
+    model_kw = {"l2": 0.0, "histograms": False, "dtype": data.dtype, **model_kw}
+    module = MLPModule(n_inputs=data.n_features, n_outputs=data.n_outputs, **model_kw)
+    recorder = Recorder(data, probe)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[recorder],
+    )
+    trainer.fit(module, datamodule=data)
+    recorder.history.module = module
+    return recorder.history
+
+
+def accuracy(module: MLPModule, x: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((module.net(x).argmax(dim=1) == labels).double().mean())
+
+
+def save(fig, name: str) -> Path:
+    path = OUT / f"{name}.png"
+    fig.savefig(path, dpi=DPI, pil_kwargs={"optimize": True})
+    plt.close(fig)
+    return path
+
+
+def _log_J_axis(ax, xlabel: str) -> None:
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("training J")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+# ---- the figures ----------------------------------------------------------------------------
+
+
+def learning_rate(data: MLPDataModule) -> Path:
+    """Batch gradient descent (no sampling noise) at rates from far too small to far too large."""
+    rates = [0.01, 0.1, 0.3, 1, 3, 10, 30, 100]
+    epochs = 300
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = plt.cm.viridis([i / (len(rates) - 1) for i in range(len(rates))])
+    for lr, color in zip(rates, colors):
+        h = train(data, epochs, batch_size="full", optimizer=partial(GradientDescent, lr=lr))
+        rises = sum(b > a for a, b in zip(h.J, h.J[1:]))
+        print(
+            f"  lr {lr:>5g}: J {h.J[0]:.3g} -> {h.J[-1]:.3g} (min {min(h.J):.3g}), J rose in {rises} epochs"
+        )
+        ax.plot(range(len(h.J)), h.J, color=color, lw=1.2, label=f"lr {lr:g}")
+    _log_J_axis(ax, "epoch (= update: batch gradient descent)")
+    ax.set_title("Learning rate: batch gradient descent on digits, GradientDescent, cross-entropy")
+    ax.legend(ncol=2, fontsize=8)
+    fig.tight_layout()
+    return save(fig, "learning_rate")
+
+
+def regimes(data: MLPDataModule) -> Path:
+    """Batch, stochastic and mini-batch gradient descent at the rates of configs/*.yaml."""
+    runs = [  # (label, batch_size, lr, epochs): the rates of configs/batch, stochastic, minibatch.yaml
+        ("batch (all 1079), lr 2", "full", 2.0, 600),
+        ("stochastic (1), lr 0.05", 1, 0.05, 10),
+        ("mini-batch (32), lr 1", 32, 1.0, 200),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharey=True)
+    for label, batch_size, lr, epochs in runs:
+        h = train(data, epochs, batch_size=batch_size, optimizer=partial(GradientDescent, lr=lr))
+        n = len(data.x_train)
+        examples = [epoch * n for epoch in range(len(h.J))]
+        print(
+            f"  {label}: {epochs} epochs, {h.updates[-1]} updates, {h.seconds[-1]:.2f} s training, "
+            f"J {h.J[0]:.3g} -> {h.J[-1]:.3g}; J after 1 s "
+            f"{h.J[next((i for i, s in enumerate(h.seconds) if s >= 1), -1)]:.3g}"
+        )
+        for ax, x in zip(axes, (h.updates, examples, h.seconds)):
+            ax.plot(x[1:], h.J[1:], lw=1.2, label=label)
+    for ax, xlabel in zip(axes, ("updates (optimizer steps)", "examples seen", "training wall time (s)")):
+        _log_J_axis(ax, xlabel)
+        ax.set_xscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Batch vs stochastic vs mini-batch gradient descent (digits, GradientDescent)", fontsize=10)
+    fig.tight_layout()
+    return save(fig, "regimes")
+
+
+def momentum(data: MLPDataModule) -> Path:
+    """The notes' damped momentum at one rate, alpha from 0 to 0.99."""
+    lr, epochs = 10.0, 40
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for alpha in (0.0, 0.5, 0.9, 0.99):
+        h = train(data, epochs, batch_size=16, optimizer=partial(Momentum, lr=lr, alpha=alpha))
+        rises = sum(b > a for a, b in zip(h.J, h.J[1:]))
+        print(
+            f"  alpha {alpha}: J after epoch 1 {h.J[1]:.3g}, 10 {h.J[10]:.3g}, {epochs} {h.J[-1]:.3g}; "
+            f"rose in {rises} epochs"
+        )
+        ax.plot(range(len(h.J)), h.J, lw=1.2, label=f"alpha {alpha}")
+    _log_J_axis(ax, "epoch (68 mini-batches of 16)")
+    ax.set_title(f"Damped momentum w += (1-a) dw_bp + a dw_prev, lr {lr:g} (Momentum, digits)", fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    return save(fig, "momentum")
+
+
+def _hidden_spread(module: MLPModule, data: MLPDataModule) -> float:
+    """How far apart the hidden units are: the largest difference between a unit's incoming
+    weights (and bias) and the first unit's, relative to the largest of them (0 if all are 0)."""
+    W, b = module.net.weights[0].detach(), module.net.biases[0].detach()  # (h, n_in), (h,)
+    units = torch.cat([W, b[:, None]], dim=1)  # (h, n_in + 1)
+    largest = float(units.abs().max())
+    return float((units - units[:1]).abs().max()) / largest if largest else 0.0
+
+
+def initialization(data: MLPDataModule) -> Path:
+    """Zeros, standard normal and scaled normal weights, the notes' quadratic cost."""
+    epochs = 30
+    kw = dict(cost="quadratic", batch_size=16, optimizer=partial(Momentum, lr=1.0, alpha=0.9))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    data64 = MLPDataModule(seed=0, dtype="float64")
+    for init in ("zeros", "standard_normal", "scaled_normal"):
+        h = train(data, epochs, probe=_hidden_spread, init=init, **kw)
+        axes[0].plot(range(len(h.J)), h.J, lw=1.2, label=init)
+        print(f"  {init}: J {h.J[0]:.3g} -> {h.J[10]:.3g} (epoch 10) -> {h.J[-1]:.3g}")
+        if init == "zeros":
+            h64 = train(data64, epochs, probe=_hidden_spread, init=init, **kw)
+            for hist, dtype in ((h, "float32"), (h64, "float64")):
+                axes[1].plot(range(len(hist.extra)), hist.extra, lw=1.2, label=f"zeros, {dtype}")
+                W2 = hist.module.net.weights[1].detach()  # (n_out, h): column j = unit j's outgoing weights
+                worst, eps = max(hist.extra), torch.finfo(W2.dtype).eps
+                outgoing = float((W2 - W2[:, :1]).abs().max())
+                print(f"  zeros {dtype}: hidden units apart by at most {worst:.2g} "
+                      f"({worst / eps:.1f} eps), at the end {hist.extra[-1]:.2g}; outgoing weights apart by "
+                      f"{outgoing:.2g}")  # fmt: skip
+        else:
+            axes[1].plot(range(len(h.extra)), h.extra, lw=1.2, label=init)
+    _log_J_axis(axes[0], "epoch")
+    axes[0].set_title("training J (quadratic cost)", fontsize=10)
+    axes[0].legend(fontsize=8)
+    axes[1].set_yscale("symlog", linthresh=1e-17)  # linear near 0, so that exactly 0 shows
+    axes[1].set_yticks([0, 1e-15, 1e-10, 1e-5, 1])
+    axes[1].set_ylim(0, 10)
+    for dtype in (torch.float32, torch.float64):
+        eps = torch.finfo(dtype).eps
+        axes[1].axhline(eps, color="grey", lw=0.8, ls=":")
+        axes[1].text(epochs, eps * 2, f"{str(dtype)[6:]} eps", fontsize=8, color="grey", ha="right")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("max_j |w_j - w_1| / max |w|")
+    axes[1].set_title("are the hidden units still identical?", fontsize=10)
+    axes[1].legend(fontsize=8)
+    for init in ("standard_normal", "scaled_normal"):
+        module = MLPModule(n_inputs=data.n_features, n_outputs=data.n_outputs, init=init)
+        with torch.no_grad():
+            a1 = module.net.forward_pass(data.x_train)[1][1]  # (n, 100): hidden sigmoids at the start
+        saturated = float(((a1 < 0.05) | (a1 > 0.95)).double().mean())
+        print(f"  {init}: {saturated:.0%} of hidden sigmoids at the start are < 0.05 or > 0.95")
+        axes[2].hist(
+            a1.flatten().numpy(),
+            bins=40,
+            range=(0, 1),
+            alpha=0.6,
+            label=f"{init} ({saturated:.0%} saturated)",
+        )
+    axes[2].set_xlabel("hidden activation a_1 = f(z_1) before training")
+    axes[2].set_ylabel("count")
+    axes[2].set_title("saturated sigmoids (zeros: all 0.5)", fontsize=10)
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, "initialization")
+
+
+def penalties(data: MLPDataModule) -> Path:
+    """L1 against L2 at the same weights lambda = gamma: accuracy, sparsity, weight histograms."""
+    strengths = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    epochs, shown = 40, 1e-3
+    kw = dict(batch_size=16, optimizer=partial(Momentum, lr=1.0, alpha=0.9))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    weights = {}
+    for penalty in ("l1", "l2"):
+        accs, zeros = [], []
+        for s in strengths:
+            h = train(data, epochs, **{**kw, penalty: s})
+            W = torch.cat([w.detach().flatten() for w in h.module.net.weights])
+            accs.append(accuracy(h.module, data.x_val, data.labels_val))
+            zeros.append(float((W.abs() < NEAR_ZERO).double().mean()))
+            if s == shown:
+                weights[penalty] = h.module.net.weights[0].detach().flatten()
+        print(f"  {penalty}: val acc " + " ".join(f"{a:.1%}" for a in accs))
+        print(f"  {penalty}: near-zero " + " ".join(f"{z:.1%}" for z in zeros))
+        name = "L1 lambda" if penalty == "l1" else "L2 gamma"
+        axes[0].plot(strengths, accs, "o-", label=name)
+        axes[1].plot(strengths, zeros, "o-", label=name)
+    for ax, ylabel in zip(axes[:2], ("validation accuracy", f"fraction of weights with |w| < {NEAR_ZERO:g}")):
+        ax.set_xscale("log")
+        ax.set_xlabel("penalty weight (lambda for L1, gamma for L2)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    bins = torch.linspace(-1, 1, 81).numpy()
+    for penalty, w in weights.items():
+        axes[2].hist(
+            w.clamp(-1, 1).numpy(), bins=bins, histtype="step", lw=1.5, label=f"{penalty} = {shown:g}"
+        )
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("first-layer weight (clipped to [-1, 1])")
+    axes[2].set_ylabel("count")
+    axes[2].legend(fontsize=8)
+    fig.suptitle(f"L1 vs L2 (digits, Momentum lr 1, alpha 0.9, {epochs} epochs)", fontsize=10)
+    fig.tight_layout()
+    return save(fig, "penalties")
+
+
+def _layer_errors(module: MLPModule, data: MLPDataModule) -> list[float]:
+    """Per layer, the relative error between the hand-written and autograd gradients of the
+    training objective (weights and bias together) on the whole training split."""
+    kw = {k: module.hparams[k] for k in ("cost", "reduction")} | _penalties(module)
+    x, y = data.x_train, data.y_train
+    manual, auto = manual_gradients(module.net, x, y, **kw), autograd_gradients(module.net, x, y, **kw)
+    errors = []
+    for i in range(len(module.net.layers)):
+        names = (f"layers.{i}.weight", f"layers.{i}.bias")
+        flat = [torch.cat([g[n].flatten() for n in names]) for g in (manual, auto)]
+        errors.append(relative_error(*flat))
+    return errors
+
+
+def gradient_agreement(data: MLPDataModule) -> Path:
+    """Hand-written backprop against autograd per layer, as the default network trains."""
+    epochs = 30
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for dtype, style in (("float32", "-"), ("float64", "--")):
+        d = data if dtype == data.dtype else MLPDataModule(seed=0, dtype=dtype)
+        h = train(d, epochs, probe=_layer_errors, l2=1e-4)  # the default setup, in each dtype
+        per_layer = list(zip(*h.extra))
+        for i, errors in enumerate(per_layer):
+            ax.plot(range(len(errors)), errors, style, color=f"C{i}", lw=1.2, label=f"layer {i + 1}, {dtype}")
+            print(f"  {dtype} layer {i + 1}: relative error {min(errors):.2g} .. {max(errors):.2g}")
+    ax.set_yscale("log")
+    ax.axhline(torch.finfo(torch.float32).eps, color="grey", lw=0.8, ls=":")
+    ax.axhline(torch.finfo(torch.float64).eps, color="grey", lw=0.8, ls=":")
+    for dtype in (torch.float32, torch.float64):
+        eps = torch.finfo(dtype).eps
+        ax.text(epochs, eps / 2.5, f"{str(dtype)[6:]} eps", fontsize=8, color="grey", ha="right")
+    ax.set_xlabel("epoch (the default: Momentum lr 3, batch 16, L2 1e-4)")
+    ax.set_ylabel("||g_manual - g_autograd|| / max ||g||")
+    ax.set_title("Hand-written backprop vs autograd, per layer, on the whole training split", fontsize=10)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return save(fig, "gradient_agreement")
+
+
+FIGURES: dict[str, Callable[[MLPDataModule], Path]] = {
+    "learning_rate": learning_rate,
+    "regimes": regimes,
+    "momentum": momentum,
+    "initialization": initialization,
+    "penalties": penalties,
+    "gradient_agreement": gradient_agreement,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"figures to make (default: all): {', '.join(FIGURES)}"
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in FIGURES]
+    if unknown:
+        parser.error(f"unknown figure {unknown[0]!r}: use some of {', '.join(FIGURES)}")
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "lightning.fabric", "mlp_torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    OUT.mkdir(parents=True, exist_ok=True)
+    data = MLPDataModule(seed=0)
+    started = time.perf_counter()
+    for name in args.names or FIGURES:
+        t = time.perf_counter()
+        print(f"{name}:")
+        path = FIGURES[name](data)
+        size = path.stat().st_size / 1024
+        print(f"  -> {path.relative_to(ROOT)} ({size:.0f} KB, {time.perf_counter() - t:.1f} s)")
+    print(f"figures: done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""TensorBoard for real: the `tensorboard` server started on a free loopback port over the logs of
+a real `mlp-torch fit`, read back through its HTTP data API (scalars, histograms, text, hparams),
+and the Scalars dashboard rendered by headless Chromium as a person would see it.
+
+The server tests skip (with the reason) where no loopback port can be bound; the browser test
+skips where no Chromium is installed (``scripts/setup`` does not install one; on Debian:
+``apt-get install chromium``). Every server and browser is stopped, whatever the outcome.
+"""
+
+import os
+import sys
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from mlp_torch.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from tensorboard_server import (  # noqa: E402
+    CannotBind,
+    HeadlessChromium,
+    TensorBoardServer,
+    chromium,
+    scalar_chart,
+    scalars_url,
+)
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+IRIS = ["fit", "--data.dataset", "iris", "--trainer.max_epochs", "5", *QUIET]  # about a second each
+# a rate far too large: J rises within the 5 epochs (seed 0), so the J-rise text is logged too
+FIT = [*IRIS, "--model.optimizer.lr", "30"]
+
+
+def mlp_torch_in(folder: Path, *args: str) -> None:
+    """``mlp-torch ARGS`` in-process with ``folder`` as the working directory."""
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert main(list(args)) == 0
+    finally:
+        os.chdir(here)
+
+
+def serve(logdir: Path):
+    """A started :class:`TensorBoardServer`, or a skip if no loopback port can be bound."""
+    try:
+        return TensorBoardServer(logdir).__enter__()
+    except CannotBind as err:
+        pytest.skip(f"tensorboard cannot listen on a loopback port here: {err}")
+
+
+@pytest.fixture(scope="module")
+def fit_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fit")
+    mlp_torch_in(folder, *FIT)
+    server = serve(folder / "lightning_logs")
+    try:
+        yield server
+    finally:
+        server.stop()
+    assert server.proc.poll() is not None  # the server is gone
+
+
+def test_fit_scalars_histograms_and_text_through_the_http_api(fit_server):
+    tb = fit_server
+    scalars = tb.wait_for_runs(["version_0"])["version_0"]
+    expected = [
+        "train/J",
+        "train/cost",
+        "train/l1",
+        "train/l2",
+        "val/J",
+        "val/acc",
+        "test/acc",
+        "test/J",
+        "lr",
+    ]
+    expected += ["sparsity/layer_0", "sparsity/layer_1", "diagnostics/J_rose", "hp/test_acc"]
+    for tag in expected:
+        assert tag in scalars, tag
+    query = urllib.parse.urlencode({"run": "version_0", "tag": "train/J"})
+    points = tb.get(f"/data/plugin/scalars/scalars?{query}")  # [[wall_time, step, value], ...]
+    assert [step for _, step, _ in points] == [0, 1, 2, 3, 4]  # one point per epoch
+
+    histograms = tb.get("/data/plugin/histograms/tags")["version_0"]
+    for kind in ("weights", "grads"):
+        for param in ("layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"):
+            assert f"{kind}/{param}" in histograms
+    query = urllib.parse.urlencode({"run": "version_0", "tag": "weights/layers.0.weight"})
+    assert len(tb.get(f"/data/plugin/histograms/histograms?{query}")) == 5  # one per epoch
+
+    text_tags = tb.get("/data/plugin/text/tags")["version_0"]
+    assert text_tags == ["diagnostics/J_rose/text_summary"]
+    query = urllib.parse.urlencode({"run": "version_0", "tag": text_tags[0]})
+    texts = tb.get(f"/data/plugin/text/text?{query}")
+    assert texts and all("training J rose" in t["text"] and "learning rate 30" in t["text"] for t in texts)
+
+
+def test_fit_hparams_through_the_http_api(fit_server):
+    tb = fit_server
+    tb.wait_for_runs(["version_0"])
+    experiment = tb.post("/data/plugin/hparams/experiment", {"experimentName": ""})
+    hparams = {h["name"] for h in experiment["hparamInfos"]}
+    assert {"lr", "alpha", "optimizer", "l2", "batch_size", "hidden_sizes", "cost"} <= hparams
+    metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
+    assert {"hp/test_acc", "hp/test_J", "hp/val_J", "hp/train_J"} <= metrics
+    request = {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"], "colParams": [],
+               "startIndex": 0, "sliceSize": 10}  # fmt: skip
+    (group,) = tb.post("/data/plugin/hparams/session_groups", request)["sessionGroups"]
+    assert group["hparams"]["lr"] == 30 and group["hparams"]["optimizer"] == "Momentum"
+    values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+    query = urllib.parse.urlencode({"run": "version_0", "tag": "test/acc"})
+    (test_acc,) = [value for _, _, value in tb.get(f"/data/plugin/scalars/scalars?{query}")]
+    assert values["hp/test_acc"] == pytest.approx(test_acc)
+
+
+@pytest.fixture(scope="module")
+def runs_server(tmp_path_factory):
+    """Two short fits side by side in one log folder (runs ``lr=1`` and ``lr=30``)."""
+    folder = tmp_path_factory.mktemp("runs")
+    for lr in ("1", "30"):
+        mlp_torch_in(folder, *IRIS, "--model.optimizer.lr", lr, "--trainer.logger.version", f"lr={lr}")
+    server = serve(folder / "lightning_logs")
+    try:
+        yield server, ["lr=1", "lr=30"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium installed (Debian: apt-get install chromium)")
+def test_scalars_dashboard_draws_every_runs_train_J_in_chromium(runs_server, tmp_path):
+    tb, runs = runs_server
+    tb.wait_for_runs(runs)
+    with HeadlessChromium(scalars_url(tb, "train/J")) as page:
+        state = scalar_chart(page, "train/J", runs)
+        page.screenshot(tmp_path / "scalars.png")
+    assert sorted(state["runs"]) == runs  # the run selector lists each run
+    (card,) = state["cards"]  # the one train/J chart ...
+    assert sorted(card["runs"]) == runs  # ... loads every run
+    assert len(card["colours"]) == len(runs)  # ... and draws a line in each run's colour
+    assert (tmp_path / "scalars.png").stat().st_size > 10_000  # a real picture, not an empty page
