@@ -166,7 +166,7 @@ def regimes(data: MLPDataModule) -> Path:
         examples = [epoch * n for epoch in range(len(h.J))]
         print(
             f"  {label}: {epochs} epochs, {h.updates[-1]} updates, {h.seconds[-1]:.2f} s training, "
-            f"J {h.J[0]:.3g} -> {h.J[-1]:.3g}; J after 1 s "
+            f"J {h.J[0]:.3g} -> {h.J[-1]:.3g}, after 10 epochs {h.J[10]:.3g}, after 1 s "
             f"{h.J[next((i for i, s in enumerate(h.seconds) if s >= 1), -1)]:.3g}"
         )
         for ax, x in zip(axes, (h.updates, examples, h.seconds)):
@@ -239,11 +239,11 @@ def initialization(data: MLPDataModule) -> Path:
     for dtype in (torch.float32, torch.float64):
         eps = torch.finfo(dtype).eps
         axes[1].axhline(eps, color="grey", lw=0.8, ls=":")
-        axes[1].text(epochs, eps * 2, f"{str(dtype)[6:]} eps", fontsize=8, color="grey", ha="right")
+        axes[1].text(epochs, eps / 3, f"{str(dtype)[6:]} eps", fontsize=8, color="grey", ha="right", va="top")
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("max_j |w_j - w_1| / max |w|")
     axes[1].set_title("are the hidden units still identical?", fontsize=10)
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, 0.9))
     for init in ("standard_normal", "scaled_normal"):
         module = MLPModule(n_inputs=data.n_features, n_outputs=data.n_outputs, init=init)
         with torch.no_grad():
@@ -332,6 +332,7 @@ def gradient_agreement(data: MLPDataModule) -> Path:
             ax.plot(range(len(errors)), errors, style, color=f"C{i}", lw=1.2, label=f"layer {i + 1}, {dtype}")
             print(f"  {dtype} layer {i + 1}: relative error {min(errors):.2g} .. {max(errors):.2g}")
     ax.set_yscale("log")
+    ax.set_ylim(1e-17, 1e-5)
     ax.axhline(torch.finfo(torch.float32).eps, color="grey", lw=0.8, ls=":")
     ax.axhline(torch.finfo(torch.float64).eps, color="grey", lw=0.8, ls=":")
     for dtype in (torch.float32, torch.float64):
