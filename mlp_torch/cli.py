@@ -184,28 +184,41 @@ class MLPCLI(LightningCLI):
         print("\n".join(lines))
 
     def after_predict(self) -> None:
-        """Write the test split's predictions (class labels or values in the target's units) to
-        ``predictions.csv`` in the run's log folder."""
+        """Write the test split's predictions to ``predictions.csv`` in the run's log folder."""
         batches = self.trainer.predict_loop.predictions or []
         if not batches:
             return
-        predicted = torch.cat([b.reshape(len(b), -1) for b in batches]).cpu()  # (n, 1) or (n, k)
-        dm = self.datamodule
+        outputs = torch.cat([b.reshape(len(b), -1) for b in batches]).cpu()  # (n, k)
         path = Path(self.trainer.log_dir or ".") / "predictions.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            if dm.task == "classification":
-                writer.writerow(["index", "predicted", "target"])
-                for i, (p, t) in enumerate(zip(predicted[:, 0].tolist(), dm.labels_test.tolist())):
-                    writer.writerow([i, dm.classes[p], dm.classes[t]])
-            else:
-                k = range(predicted.shape[1])
-                target = from_unit_range(dm.y_test.cpu(), dm.target_low, dm.target_high)  # (n, k)
-                writer.writerow(["index", *(f"predicted_{j}" for j in k), *(f"target_{j}" for j in k)])
-                for i, (p, t) in enumerate(zip(predicted.tolist(), target.tolist())):
-                    writer.writerow([i, *p, *t])
-        print(f"mlp-torch predict: {len(predicted)} predictions of the test split written to {path}")
+        write_predictions(path, outputs, self.datamodule)
+        print(f"mlp-torch predict: {len(outputs)} predictions of the test split written to {path}")
+
+
+def write_predictions(path: Path, outputs: torch.Tensor, dm: MLPDataModule) -> None:
+    """``predictions.csv`` for the test split, ``\\n`` line endings, one row per example.
+
+    ``row`` is the example's row in the original data set (its data row in the user's file, header
+    not counted; its index in a built-in set). Classification (``outputs`` ``(n, k)``, the sigmoid
+    outputs): ``predicted`` and ``target`` as class names, then ``p_<class>`` per class, the
+    outputs divided by their sum (each row sums to 1; the largest is the predicted class).
+    Regression (``outputs`` ``(n, k)`` in the target's units): ``predicted_j`` and ``target_j``
+    per output.
+    """
+    rows = dm.rows_test.cpu().tolist()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        if dm.task == "classification":
+            p = outputs / outputs.sum(dim=1, keepdim=True)  # (n, k)
+            writer.writerow(["row", "predicted", "target", *(f"p_{c}" for c in dm.classes)])
+            for r, k, t, probs in zip(rows, p.argmax(dim=1).tolist(), dm.labels_test.tolist(), p.tolist()):
+                writer.writerow([r, dm.classes[k], dm.classes[t], *(f"{q:.6g}" for q in probs)])
+        else:
+            k = range(outputs.shape[1])
+            target = from_unit_range(dm.y_test.cpu(), dm.target_low, dm.target_high)  # (n, k)
+            writer.writerow(["row", *(f"predicted_{j}" for j in k), *(f"target_{j}" for j in k)])
+            for r, p, t in zip(rows, outputs.tolist(), target.tolist()):
+                writer.writerow([r, *(f"{v:.6g}" for v in p), *(f"{v:.6g}" for v in t)])
 
 
 def read_checkpoint(path: str) -> dict:

@@ -438,6 +438,9 @@ class _Splits:
     labels_train: Tensor | None  # (n_train,) long
     labels_val: Tensor | None
     labels_test: Tensor | None
+    rows_train: Tensor  # (n_train,) long: each example's row in the original data set
+    rows_val: Tensor
+    rows_test: Tensor
 
     def to(self, device: torch.device) -> "_Splits":
         tensors = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -482,8 +485,8 @@ class MLPDataModule(LightningDataModule):
     (LightningCLI links ``n_features`` and ``n_outputs`` into the model that way):
     ``n_features``, ``n_outputs``, ``task``, ``classes``, ``target_low``, ``target_high``,
     ``x_offset``, ``x_scale``, ``x_train``, ``y_train``, ``x_val``, ``y_val``, ``x_test``,
-    ``y_test``, ``labels_train``, ``labels_val``, ``labels_test``. ``setup()`` moves the
-    tensors to the trainer's device, once.
+    ``y_test``, ``labels_train``, ``labels_val``, ``labels_test``, ``rows_train``, ``rows_val``,
+    ``rows_test``. ``setup()`` moves the tensors to the trainer's device, once.
     """
 
     def __init__(
@@ -534,6 +537,9 @@ class MLPDataModule(LightningDataModule):
     labels_train = _loaded("labels_train", "Training class labels, (n_train,) long; or None.")
     labels_val = _loaded("labels_val", "Validation class labels, (n_val,) long; or None.")
     labels_test = _loaded("labels_test", "Test class labels, (n_test,) long; or None.")
+    rows_train = _loaded("rows_train", "Each training example's row in the data set, (n_train,) long.")
+    rows_val = _loaded("rows_val", "Each validation example's row in the data set, (n_val,) long.")
+    rows_test = _loaded("rows_test", "Each test example's row in the data set, (n_test,) long.")
 
     @property
     def n_features(self) -> int:
@@ -625,6 +631,7 @@ class MLPDataModule(LightningDataModule):
             **{
                 f"labels_{name}": None if labels is None else targets[index] for name, index in splits.items()
             },
+            **{f"rows_{name}": torch.as_tensor(index, dtype=torch.long) for name, index in splits.items()},
         )
 
     def _read(self) -> tuple[np.ndarray, np.ndarray, str, list | None]:

@@ -425,10 +425,11 @@ class MLPModule(L.LightningModule):
         self._evaluate(batch, "test", self.test_metric)
 
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        """Class indices (classification) or values in the target's units (regression)."""
+        """The outputs ``y_hat`` ``(n, k)``: one per class (classification), or the values in the
+        target's units (regression)."""
         y_hat = self.net(batch[0])
         if self.hparams.task == "classification":
-            return y_hat.argmax(dim=1)
+            return y_hat
         return from_unit_range(y_hat, self.hparams.target_low, self.hparams.target_high)
 
     def configure_optimizers(self):

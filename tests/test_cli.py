@@ -243,7 +243,7 @@ def test_validate_test_predict_from_the_last_checkpoint(tmp_path, monkeypatch, c
     written = sorted(tmp_path.glob("lightning_logs/version_*/predictions.csv"))
     assert len(written) == 1 and "predictions of the test split written to" in capsys.readouterr().out
     rows = written[0].read_text().splitlines()
-    assert rows[0] == "index,predicted,target" and len(rows) == 1 + 30
+    assert rows[0] == "row,predicted,target,p_setosa,p_versicolor,p_virginica" and len(rows) == 1 + 30
     assert {r.split(",")[1] for r in rows[1:]} <= {"setosa", "versicolor", "virginica"}
     capsys.readouterr()
     # an iris checkpoint does not fit the default digits network: one line, exit 2, nothing written

@@ -1,0 +1,76 @@
+"""`mlp-torch predict`'s predictions.csv: plain `\\n` lines, a probability per class (or the value
+per output), and each example's row in the original data set; the data module's row indices."""
+
+import csv
+import io
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_iris, load_wine
+
+from mlp_torch.data import MLPDataModule, make_sine
+
+QUIET = ["--trainer.enable_progress_bar", "false"]
+
+
+def fit_then_predict(tmp_path, *data_args, epochs=30):
+    def run(*args):
+        cmd = [sys.executable, "-m", "mlp_torch.command", *args, *data_args, *QUIET]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    run("fit", "--trainer.max_epochs", str(epochs))
+    out = run("predict", "--ckpt_path", "last")
+    path = re.search(r"predictions of the test split written to (\S+)", out).group(1)
+    raw = (tmp_path / path).read_bytes()
+    assert b"\r" not in raw
+    return list(csv.DictReader(io.StringIO(raw.decode())))
+
+
+def test_classification_rows_probabilities_and_original_row(tmp_path):
+    rows = fit_then_predict(tmp_path, "--data.dataset", "iris")
+    names = load_iris().target_names
+    assert list(rows[0]) == ["row", "predicted", "target", "p_setosa", "p_versicolor", "p_virginica"]
+    dm = MLPDataModule("iris")
+    assert [int(r["row"]) for r in rows] == dm.rows_test.tolist()
+    right = 0
+    for r in rows:
+        p = {name: float(r[f"p_{name}"]) for name in names}
+        assert sum(p.values()) == pytest.approx(1, abs=1e-5) and max(p, key=p.get) == r["predicted"]
+        assert r["target"] == names[load_iris().target[int(r["row"])]]  # back to the original row
+        right += r["predicted"] == r["target"]
+    assert right >= 25  # of 30
+
+
+def test_user_csv_row_is_the_files_data_row(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(80, 2))
+    labels = np.where(x[:, 0] > 0, "right", "left")
+    lines = ["a,side,b", *(f"{a:.4f},{side},{b:.4f}" for (a, b), side in zip(x, labels))]
+    (tmp_path / "sides.csv").write_text("\n".join(lines) + "\n")
+    rows = fit_then_predict(tmp_path, "--data.dataset", "sides.csv", "--data.target", "side")
+    assert list(rows[0])[:5] == ["row", "predicted", "target", "p_left", "p_right"]
+    assert all(r["target"] == labels[int(r["row"])] for r in rows) and len(rows) == 16
+
+
+def test_regression_value_per_output_and_original_row(tmp_path):
+    rows = fit_then_predict(tmp_path, "--data.dataset", "sine", "--data.n_samples", "100", epochs=5)
+    _, y = make_sine(100, 0.1, 0)
+    assert list(rows[0]) == ["row", "predicted_0", "target_0"] and len(rows) == 20
+    for r in rows:
+        assert float(r["target_0"]) == pytest.approx(y[int(r["row"]), 0], rel=1e-5)
+
+
+@pytest.mark.parametrize("folds", [0, 3])
+def test_split_rows_partition_the_data_set_and_index_it(folds):
+    dm = MLPDataModule("wine", cv_folds=folds, cv_fold=1 if folds else 0)
+    rows = torch.cat([dm.rows_train, dm.rows_val, dm.rows_test])
+    assert sorted(rows.tolist()) == list(range(178))
+    for split in ("train", "val", "test"):
+        labels, index = getattr(dm, f"labels_{split}"), getattr(dm, f"rows_{split}")
+        assert torch.equal(labels, torch.as_tensor(load_wine().target)[index])
