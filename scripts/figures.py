@@ -92,7 +92,7 @@ def _penalties(module: MLPModule) -> dict[str, float]:
 def train(data: MLPDataModule, epochs: int, probe: Callable | None = None, **model_kw) -> History:
     """Fit ``MLPModule(**model_kw)`` for ``epochs`` epochs (no logger, checkpoint or validation
     loop); returns its :class:`History` with the trained module."""
-    model_kw = {"l2": 0.0, "histograms": False, "dtype": data.dtype, **model_kw}
+    model_kw = {"l2": 0.0, "histograms_every_n_epochs": 0, "dtype": data.dtype, **model_kw}
     module = MLPModule(n_inputs=data.n_features, n_outputs=data.n_outputs, **model_kw)
     recorder = Recorder(data, probe)
     trainer = L.Trainer(

@@ -28,8 +28,9 @@ from tensorboard_server import (  # noqa: E402
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 IRIS = ["fit", "--data.dataset", "iris", "--trainer.max_epochs", "5", *QUIET]  # about a second each
-# a rate far too large: J rises within the 5 epochs (seed 0), so the J-rise text is logged too
-FIT = [*IRIS, "--model.optimizer.lr", "30"]
+# a rate far too large: J rises within the 5 epochs (seed 0), so the J-rise text is logged too;
+# histograms every epoch (the default is every 10th)
+FIT = [*IRIS, "--model.optimizer.lr", "30", "--model.histograms_every_n_epochs", "1"]
 
 
 def mlp_torch_in(folder: Path, *args: str) -> None:
