@@ -275,6 +275,7 @@ class HeadlessChromium:
 # plotted lines that have points (one colour per run; smoothed and raw lines share it).
 _SCALAR_CHART_JS = r"""(tag => {
   const all = (root, selector, found = []) => {
+    if (!root) return found;  // no document yet: the page is still loading
     if (root.matches && root.matches(selector)) found.push(root);
     if (root.shadowRoot) all(root.shadowRoot, selector, found);
     for (const child of root.children || []) all(child, selector, found);
