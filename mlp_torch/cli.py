@@ -23,6 +23,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from mlp_torch.callbacks import ConvergenceStop, LearningRateDiagnostics
 from mlp_torch.command import PROG, main, run_reporting_errors
@@ -31,6 +32,9 @@ from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule
 from mlp_torch.progress import EpochProgressBar
 
 __all__ = ["MLPCLI", "main", "make_cli", "read_checkpoint", "run_reporting_errors"]  # main: mlp_torch.command
+
+
+print0 = rank_zero_only(print)  # under DDP every process runs the CLI: one of them speaks
 
 
 class MLPCLI(LightningCLI):
@@ -125,10 +129,11 @@ class MLPCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_checkpoint_fits()
+        self.model.check_world_size(self.trainer.world_size)  # before DDP starts the other processes
         self._started = time.perf_counter()
-        print(f"data: {self.datamodule.describe()}")
+        print0(f"data: {self.datamodule.describe()}")
         n_params = sum(p.numel() for p in self.model.net.parameters())
-        print(
+        print0(
             f"model: sizes {self.model.net.sizes} ({n_params} parameters), cost {self.model.hparams.cost}, "
             f"batch_size {self.model.hparams.batch_size}, grad_source {self.model.hparams.grad_source}"
         )
@@ -181,12 +186,12 @@ class MLPCLI(LightningCLI):
             f"  logs      {log_dir}",
             f"  see them  {_tensorboard()} --logdir {Path(log_dir).parent}",
         ]
-        print("\n".join(lines))
+        print0("\n".join(lines))
 
     def after_predict(self) -> None:
         """Write the test split's predictions to ``predictions.csv`` in the run's log folder."""
         batches = self.trainer.predict_loop.predictions or []
-        if not batches:
+        if not batches or not self.trainer.is_global_zero:  # under DDP every rank predicts the whole split
             return
         outputs = torch.cat([b.reshape(len(b), -1) for b in batches]).cpu()  # (n, k)
         path = Path(self.trainer.log_dir or ".") / "predictions.csv"

@@ -35,7 +35,6 @@ from lightning.pytorch import LightningDataModule
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
 BUILTIN_LOADERS: dict[str, Callable] = {
     "digits": load_digits,
@@ -396,8 +395,14 @@ class Batch(NamedTuple):
     y: Tensor  # (n, n_outputs)
 
 
-class _WholeSplit(Dataset):
-    """A data set of one item, a whole split, so that its DataLoader yields one batch."""
+class _WholeSplit:
+    """An iterable of one batch, the whole split.
+
+    Not a ``DataLoader``: Lightning leaves it alone, so under DDP it injects no
+    ``DistributedSampler`` (which would pad the split to a multiple of the ranks, repeating
+    examples) and every rank gets the very tensors, on their device; the model takes each rank's
+    share by index (see :mod:`mlp_torch.distributed`). Not a list either: Lightning would read a
+    list as several loaders."""
 
     def __init__(self, batch: Batch):
         self.batch = batch
@@ -405,18 +410,13 @@ class _WholeSplit(Dataset):
     def __len__(self) -> int:
         return 1
 
-    def __getitem__(self, index: int) -> Batch:
-        if index != 0:
-            raise IndexError(index)
-        return self.batch
+    def __iter__(self):
+        yield self.batch
 
 
-def _one_batch_loader(x: Tensor, y: Tensor) -> DataLoader | list:
-    """A DataLoader yielding ``Batch(x, y)`` once, or ``[]`` for an empty split."""
-    if len(x) == 0:
-        return []
-    # batch_size=None turns off collation: the very tensors come through, on their device
-    return DataLoader(_WholeSplit(Batch(x, y)), batch_size=None, shuffle=False, num_workers=0)
+def _one_batch_loader(x: Tensor, y: Tensor) -> _WholeSplit | list:
+    """An iterable yielding ``Batch(x, y)`` once, or ``[]`` for an empty split."""
+    return _WholeSplit(Batch(x, y)) if len(x) else []
 
 
 @dataclass(frozen=True)
@@ -570,19 +570,19 @@ class MLPDataModule(LightningDataModule):
             if splits.x_train.device != device:
                 self._splits = splits.to(device)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> _WholeSplit | list:
         """One batch per epoch, ``Batch(x_train, y_train)``: the model shuffles and slices."""
         return _one_batch_loader(self.x_train, self.y_train)
 
-    def val_dataloader(self) -> DataLoader | list:
+    def val_dataloader(self) -> _WholeSplit | list:
         """One batch ``Batch(x_val, y_val)``, or ``[]`` when ``val_fraction == 0``."""
         return _one_batch_loader(self.x_val, self.y_val)
 
-    def test_dataloader(self) -> DataLoader | list:
+    def test_dataloader(self) -> _WholeSplit | list:
         """One batch ``Batch(x_test, y_test)``, or ``[]`` when ``test_fraction == 0``."""
         return _one_batch_loader(self.x_test, self.y_test)
 
-    def predict_dataloader(self) -> DataLoader | list:
+    def predict_dataloader(self) -> _WholeSplit | list:
         """The test split with its targets, ``Batch(x_test, y_test)``, like the test loader."""
         return _one_batch_loader(self.x_test, self.y_test)
 

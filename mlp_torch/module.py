@@ -16,6 +16,13 @@ The notes' three regimes, chosen by ``batch_size``:
 The shuffle order of epoch ``e`` is :func:`mlp_torch.data.epoch_permutation` of ``(seed, e)``, so
 a resumed run sees the order an uninterrupted one would.
 
+Data parallel (``--trainer.strategy ddp``, ``W`` processes): every rank gets the whole split and
+computes only its shard of each update's batch (:mod:`mlp_torch.distributed`); the ranks' cost
+gradients are summed by one ``all_reduce`` per update and the penalties' gradient is added once
+after it, so the update is the one-process update of the same global batch (``batch_size`` is
+the global batch). The epoch's metrics are reduced over the ranks; a cross-check compares each
+rank's two gradients of its shard and logs the largest error over the ranks.
+
 What is logged as ``train/J`` (and ``train/cost``, ``train/l1``, ``train/l2``): each example's
 cost at the weights it was used with, reduced over the whole training split as ``reduction``
 says, plus the penalties averaged over the epoch's updates. For batch gradient descent it is
@@ -39,6 +46,7 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 from mlp_torch.backprop import check_objective_args, objective_terms
 from mlp_torch.costs import COSTS, l1_grad, l1_penalty, l2_penalty
 from mlp_torch.data import DTYPES, epoch_permutation, from_unit_range
+from mlp_torch.distributed import max_over_ranks, shard, sum_over_ranks, update_shards
 from mlp_torch.fused import fused_backprop
 from mlp_torch.gradcheck import TOLERANCES, relative_error
 from mlp_torch.network import SigmoidMLP, feedforward
@@ -230,17 +238,24 @@ class MLPModule(L.LightningModule):
         chunks of ``chunk_size`` if set. ``z_out`` ``(n, n_out)``: where to keep each example's
         ``z_L``. ``source``: ``"manual"`` (hand-written, :func:`mlp_torch.fused.fused_backprop`)
         or ``"autograd"``."""
+        self._chunked_data_gradient(x, y, scale, source, out, z_out)
+        self._add_penalty_gradient(out, source)
+
+    def _chunked_data_gradient(
+        self, x: Tensor, y: Tensor, scale: float, source: str, out: Tensor, z_out: Tensor | None
+    ) -> None:
+        """The gradient of ``scale * sum_i C_i`` over the batch into ``out``, in chunks of
+        ``chunk_size`` if set."""
         views = self.grads if out is self.flat_grad else _views(out, self.grads)
         n = x.shape[0]
-        chunk = min(self.hparams.chunk_size or n, n)
-        part = views if chunk == n else _views(torch.empty_like(out), self.grads)
-        for start in range(0, n, chunk):
+        chunk = min(self.hparams.chunk_size or n, n) or 1
+        part = views if chunk >= n else _views(torch.empty_like(out), self.grads)
+        for start in range(0, max(n, 1), chunk):
             rows = slice(start, start + chunk)
             z = None if z_out is None else z_out[rows]
             self._data_gradient(x[rows], y[rows], scale, source, views if start == 0 else part, z)
             if start:
                 torch._foreach_add_(views, part)  # sum the chunks' gradients
-        self._add_penalty_gradient(out, source)
 
     def _data_gradient(self, x, y, scale, source, grads: list[Tensor], z_out: Tensor | None) -> None:
         """The gradient of ``scale * sum_i C_i`` into ``grads`` (ordered as ``self.grads``)."""
@@ -275,14 +290,20 @@ class MLPModule(L.LightningModule):
         torch._foreach_add_(_views(g, weights), grads)
 
     def _crosscheck(self, x: Tensor, y: Tensor, scale: float, step: int) -> float:
-        """Compare the gradient just computed with the other source's on the same batch."""
+        """Compare the data gradient just computed (``self.flat_grad``, this rank's share of the
+        batch) plus the penalties' with the other source's gradient of the same examples; the
+        largest per-parameter relative error, the maximum over the ranks."""
         source = self.hparams.grad_source
-        other = torch.empty_like(self.flat_grad)
+        mine, other = self.flat_grad.clone(), torch.empty_like(self.flat_grad)
+        self._add_penalty_gradient(mine, source)
         self.batch_gradient(x, y, scale, "autograd" if source == "manual" else "manual", other)
-        manual, auto = (self.flat_grad, other) if source == "manual" else (other, self.flat_grad)
-        pairs = zip(self._flat_order(), _views(manual, self.grads), _views(auto, self.grads))
-        errors = {name: relative_error(m, a) for name, m, a in pairs}
-        name, worst = max(errors.items(), key=lambda kv: kv[1])
+        manual, auto = (mine, other) if source == "manual" else (other, mine)
+        pairs = zip(_views(manual, self.grads), _views(auto, self.grads))
+        errors = [relative_error(m, a) for m, a in pairs]
+        errors = max_over_ranks(torch.tensor(errors, dtype=torch.float64, device=mine.device))  # (n_params,)
+        names = list(self._flat_order())
+        worst = float(errors.max())
+        name = names[int(errors.argmax())]
         if not worst <= self.crosscheck_tolerance:
             msg = (
                 f"hand-written and autograd gradients disagree at update {step}: parameter "
@@ -307,46 +328,90 @@ class MLPModule(L.LightningModule):
             how = "--model.num_threads" if self.hparams.num_threads else how
             rank_zero_info(f"threads: {threads} ({how})")
 
+    def setup(self, stage: str) -> None:
+        world = self.trainer.world_size
+        self.check_world_size(world)
+        if world > 1:  # the module reduces its epoch metrics over the ranks itself: Lightning's hint is moot
+            warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(")
+
+    def check_world_size(self, world: int) -> None:
+        """Under data parallelism a global batch must give each of the ``world`` processes at
+        least one example: ``ValueError`` if ``batch_size`` < ``world``."""
+        size = self.hparams.batch_size
+        if world > 1 and size != "full" and size < world:
+            raise ValueError(
+                f"batch_size={size} is smaller than the {world} processes (devices x nodes) sharing "
+                f"each update; use --model.batch_size >= {world} or fewer devices"
+            )
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        """This process's rank and the number of processes sharing each update."""
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _epoch_shards(self, n: int, size: int, device) -> tuple[Tensor | None, list[slice], Tensor]:
+        """This rank's part of the epoch: the training examples its updates use, in use order
+        ``(n_local,)`` (``None``: all ``n`` in stored order), the rows of each update in them, and
+        each update's global batch size ``(K,)``."""
+        hp = self.hparams
+        rank, world = self._rank_and_world()
+        order = None if hp.batch_size == "full" else epoch_permutation(n, hp.seed, self.current_epoch)  # (n,)
+        shards = update_shards(n, size, rank, world)  # positions in the epoch's order
+        counts = torch.tensor([min(size, n - start) for start in range(0, n, size)], device=device)  # (K,)
+        if world > 1:
+            positions = torch.cat([torch.arange(s.start, s.stop) for s in shards])  # (n_local,)
+            order = positions if order is None else order[positions]
+        rows, start = [], 0
+        for s in shards:
+            rows.append(slice(start, start + s.stop - s.start))
+            start = rows[-1].stop
+        return (None if order is None else order.to(device)), rows, counts
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch  # the whole training split: (N, n_in), (N, n_out)
         hp = self.hparams
         n = x.shape[0]
         size = n if hp.batch_size == "full" else min(hp.batch_size, n)
-        self._set_threads(min(size, hp.chunk_size or size))
-        if hp.batch_size != "full":
-            order = epoch_permutation(n, hp.seed, self.current_epoch, device=x.device)
-            x, y = x[order], y[order]  # (N, n_in), (N, n_out): this epoch's order
+        index, rows, counts = self._epoch_shards(n, size, x.device)
+        if index is not None:
+            x, y = x[index], y[index]  # (n_local, n_in), (n_local, n_out): this rank's examples in use order
+        self.epoch_examples = torch.arange(n, device=x.device) if index is None else index  # (n_local,)
+        self._set_threads(min(max(r.stop - r.start for r in rows), hp.chunk_size or size))
         self._flatten_parameters()
         self.flat.grad = self.flat_grad
-        z_out = torch.empty_like(y)  # (N, n_out): each example's z_L at the weights it was used with
-        batches = list(zip(x.split(size), y.split(size), z_out.split(size)))
-        sums = x.new_zeros(2, len(batches))  # (2, K): sum |w| and sum w^2 at each update's weights
+        z_out = torch.empty_like(y)  # (n_local, n_out): each example's z_L at the weights it was used with
+        sizes = counts.tolist()
+        sums = x.new_zeros(2, len(rows))  # (2, K): sum |w| and sum w^2 at each update's weights
         sum_abs, sum_sq = sums.unbind(0)
         l1_at, l2_at = sum_abs.unbind(), sum_sq.unbind()
         w = self.flat[: self.n_weights]  # (P_w,): all weights
         opt = self.optimizers(use_pl_optimizer=False)
         step = opt.update if _unhooked(opt) else opt.step
         mean, source, every = hp.reduction == "mean", hp.grad_source, hp.crosscheck_every_n_steps
-        first = self.global_step
+        first, distributed = self.global_step, self._rank_and_world()[1] > 1
         self.crosscheck_errors: list[float] = []
         with torch.no_grad():
-            for k, (xb, yb, zb) in enumerate(batches):
+            for k, r in enumerate(rows):
+                xb, yb, zb = x[r], y[r], z_out[r]  # this rank's share of update k's batch
                 if hp.l1:
                     torch.linalg.vector_norm(w, 1, out=l1_at[k])
                 if hp.l2:
                     torch.dot(w, w, out=l2_at[k])
-                scale = 1.0 / xb.shape[0] if mean else 1.0
-                self.batch_gradient(xb, yb, scale, source, self.flat_grad, zb)
+                scale = 1.0 / sizes[k] if mean else 1.0  # the GLOBAL batch's scale
+                self._chunked_data_gradient(xb, yb, scale, source, self.flat_grad, zb)
                 if every and (first + k) % every == 0:
                     self.crosscheck_errors.append(self._crosscheck(xb, yb, scale, first + k))
+                if distributed:
+                    sum_over_ranks(self.flat_grad)  # the whole batch's cost gradient
+                self._add_penalty_gradient(self.flat_grad, source)  # counted once
                 step()
-            self._count_updates(len(batches))
-            train, js = self._epoch_objective(z_out, y, size, sums)
+            self._count_updates(len(rows))
+            which = torch.repeat_interleave(counts.new_tensor([r.stop - r.start for r in rows]))  # (n_local,)
+            train, js = self._epoch_objective(z_out, y, which, counts, sums)
         nonfinite = torch.nonzero(~torch.isfinite(js))  # (k, 1): the updates whose J was inf or NaN
         self.epoch_stats = {
             "J": float(train["J"]),
             "first_nonfinite_update": int(nonfinite[0]) if len(nonfinite) else -1,
-            "updates": len(batches),
+            "updates": len(rows),
             "lr": opt.param_groups[0]["lr"],
         }
         metrics = {f"train/{k}": v for k, v in train.items()}
@@ -358,19 +423,22 @@ class MLPModule(L.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True)
         self._log_histograms()
 
-    def _epoch_objective(self, z: Tensor, y: Tensor, size: int, sums: Tensor) -> tuple[dict, Tensor]:
+    def _epoch_objective(
+        self, z: Tensor, y: Tensor, which: Tensor, counts: Tensor, sums: Tensor
+    ) -> tuple[dict, Tensor]:
         """The epoch's ``{"J", "cost", "l1", "l2"}`` (see the module docstring) and the ``J`` of
-        each update ``(K,)``, from each example's ``z_L`` ``(N, n_out)`` and the penalties' sums
-        ``(2, K)``."""
+        each update ``(K,)``, from each of this rank's examples' ``z_L`` ``(n_local, n_out)``, the
+        update each fed ``which`` ``(n_local,)``, the global batch sizes ``counts`` ``(K,)`` and the
+        penalties' sums ``(2, K)``; the costs are summed over the ranks (one all-reduce)."""
         hp = self.hparams
-        n = z.shape[0]
-        costs = COSTS[hp.cost].fn(z, torch.sigmoid(z), y)  # (N,): C_i at the weights example i was used with
-        which = torch.arange(n, device=z.device) // size  # (N,): the update each example fed
+        costs = COSTS[hp.cost].fn(z, torch.sigmoid(z), y)  # (n_local,): C_i at the weights i was used with
         per_update = costs.new_zeros(sums.shape[1]).index_add_(0, which, costs)  # (K,)
+        per_update = sum_over_ranks(per_update)  # (K,): the whole batches' cost sums
+        cost = per_update.sum()
         if hp.reduction == "mean":
-            per_update = per_update / torch.bincount(which)  # (K,)
+            cost = cost / counts.sum()
+            per_update = per_update / counts  # (K,)
         penalties = sums * sums.new_tensor([[hp.l1], [hp.l2]])  # (2, K)
-        cost = costs.sum() / n if hp.reduction == "mean" else costs.sum()
         l1, l2 = penalties.mean(dim=1)
         return {"cost": cost, "l1": l1, "l2": l2, "J": cost + l1 + l2}, per_update + penalties.sum(0)
 
@@ -404,9 +472,18 @@ class MLPModule(L.LightningModule):
     # ---- evaluation -----------------------------------------------------------------------
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metric) -> None:
+        """``J`` and accuracy (or MSE) of a whole split; under DDP each rank evaluates its shard
+        (:func:`mlp_torch.distributed.shard`), the cost is summed over the ranks and the metric's
+        state is combined by torchmetrics, so every rank logs the whole split's values."""
         x, y = batch
-        scale = 1.0 / x.shape[0] if self.hparams.reduction == "mean" else 1.0
+        n = x.shape[0]
+        scale = 1.0 / n if self.hparams.reduction == "mean" else 1.0
+        rows = shard(n, *self._rank_and_world())
+        x, y = x[rows], y[rows]  # (n_rank, n_in), (n_rank, n_out)
         terms = objective_terms(self.net.weights, self.net.biases, x, y, scale=scale, **self.objective_kw)
+        if self._rank_and_world()[1] > 1:
+            cost = self.trainer.strategy.reduce(terms["cost"].clone(), reduce_op="sum")
+            terms["J"] = cost + terms["l1"] + terms["l2"]
         y_hat = self.net(x)
         if self.hparams.task == "classification":
             metric(y_hat.argmax(dim=1), y.argmax(dim=1))
