@@ -348,15 +348,18 @@ class MLPModule(L.LightningModule):
         """This process's rank and the number of processes sharing each update."""
         return self.trainer.global_rank, self.trainer.world_size
 
-    def _epoch_shards(self, n: int, size: int, device) -> tuple[Tensor | None, list[slice], Tensor]:
+    def _epoch_shards(
+        self, n: int, size: int, device
+    ) -> tuple[Tensor | None, list[slice], list[int], Tensor]:
         """This rank's part of the epoch: the training examples its updates use, in use order
         ``(n_local,)`` (``None``: all ``n`` in stored order), the rows of each update in them, and
-        each update's global batch size ``(K,)``."""
+        each update's global batch size (a list and a ``(K,)`` tensor)."""
         hp = self.hparams
         rank, world = self._rank_and_world()
         order = None if hp.batch_size == "full" else epoch_permutation(n, hp.seed, self.current_epoch)  # (n,)
         shards = update_shards(n, size, rank, world)  # positions in the epoch's order
-        counts = torch.tensor([min(size, n - start) for start in range(0, n, size)], device=device)  # (K,)
+        sizes = [min(size, n - start) for start in range(0, n, size)]
+        counts = torch.tensor(sizes, device=device)  # (K,): each update's global batch size
         if world > 1:
             positions = torch.cat([torch.arange(s.start, s.stop) for s in shards])  # (n_local,)
             order = positions if order is None else order[positions]
@@ -364,14 +367,14 @@ class MLPModule(L.LightningModule):
         for s in shards:
             rows.append(slice(start, start + s.stop - s.start))
             start = rows[-1].stop
-        return (None if order is None else order.to(device)), rows, counts
+        return (None if order is None else order.to(device)), rows, sizes, counts
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch  # the whole training split: (N, n_in), (N, n_out)
         hp = self.hparams
         n = x.shape[0]
         size = n if hp.batch_size == "full" else min(hp.batch_size, n)
-        index, rows, counts = self._epoch_shards(n, size, x.device)
+        index, rows, sizes, counts = self._epoch_shards(n, size, x.device)
         if index is not None:
             x, y = x[index], y[index]  # (n_local, n_in), (n_local, n_out): this rank's examples in use order
         self.epoch_examples = torch.arange(n, device=x.device) if index is None else index  # (n_local,)
@@ -379,7 +382,6 @@ class MLPModule(L.LightningModule):
         self._flatten_parameters()
         self.flat.grad = self.flat_grad
         z_out = torch.empty_like(y)  # (n_local, n_out): each example's z_L at the weights it was used with
-        sizes = counts.tolist()
         sums = x.new_zeros(2, len(rows))  # (2, K): sum |w| and sum w^2 at each update's weights
         sum_abs, sum_sq = sums.unbind(0)
         l1_at, l2_at = sum_abs.unbind(), sum_sq.unbind()
@@ -405,7 +407,8 @@ class MLPModule(L.LightningModule):
                 self._add_penalty_gradient(self.flat_grad, source)  # counted once
                 step()
             self._count_updates(len(rows))
-            which = torch.repeat_interleave(counts.new_tensor([r.stop - r.start for r in rows]))  # (n_local,)
+            local = counts.new_tensor([r.stop - r.start for r in rows])  # (K,)
+            which = torch.repeat_interleave(local, output_size=len(y))  # (n_local,): the update of each
             train, js = self._epoch_objective(z_out, y, which, counts, sums)
         nonfinite = torch.nonzero(~torch.isfinite(js))  # (k, 1): the updates whose J was inf or NaN
         self.epoch_stats = {
