@@ -192,6 +192,46 @@ def read_npz(path: str | Path, target: str = "y") -> tuple[np.ndarray, np.ndarra
     return x.astype(np.float64), (y.astype(np.int64) if y.dtype.kind == "b" else y)
 
 
+SPLIT_ARRAYS = ("x_train", "y_train", "x_test", "y_test")  # MNIST's common .npz layout
+
+
+def read_npz_splits(path: str | Path) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Read a ``.npz`` archive in MNIST's common layout, ``x_train``, ``y_train``, ``x_test``,
+    ``y_test`` (inputs of any shape per example, flattened; class labels or targets), keeping the
+    file's own test split; ``None`` if the archive does not have these four arrays.
+
+    Returns:
+        ``x`` ``(n_train + n_test, d)`` float64, the raw targets, training rows first, and
+        ``n_test``: the last ``n_test`` rows are the file's test split.
+    """
+    arrays = _read_arrays(path)
+    if not all(name in arrays for name in SPLIT_ARRAYS):
+        return None
+    xs, ys = [], []
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim < 2 or x.dtype.kind not in "biuf" or 0 in x.shape:
+            raise DataError(
+                f"array 'x_{split}' must hold numbers, one example per row, got {x.dtype} {x.shape}"
+            )
+        if y.ndim not in (1, 2) or len(y) != len(x) or y.dtype.kind not in "biufU":
+            raise DataError(
+                f"array 'y_{split}' must hold numbers or text in shape ({len(x)},) or ({len(x)}, k), "
+                f"got dtype {y.dtype} and shape {y.shape}"
+            )
+        xs.append(x.reshape(len(x), -1))  # (n, d): images flattened
+        ys.append(y)
+    if xs[0].shape[1] != xs[1].shape[1] or ys[0].shape[1:] != ys[1].shape[1:]:
+        raise DataError(
+            f"'x_train'/'y_train' examples have shapes {arrays['x_train'].shape[1:]}/{ys[0].shape[1:]} "
+            f"but 'x_test'/'y_test' {arrays['x_test'].shape[1:]}/{ys[1].shape[1:]}; they must match"
+        )
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise DataError(f"the inputs have a non-finite value in row {np.argwhere(~np.isfinite(x))[0][0]}")
+    return x.astype(np.float64), (y.astype(np.int64) if y.dtype.kind == "b" else y), len(xs[1])
+
+
 def _read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """All arrays of a .npz archive by name."""
     try:
@@ -460,7 +500,10 @@ class MLPDataModule(LightningDataModule):
             "xor", "sine" (generated), or a path to a .csv or .npz file.
         target: .csv: the name of the target column (required; every other column is an
             input and must be numeric). .npz: the name of the targets' array (default "y");
-            the inputs are the array "x". Must be None for the named sets.
+            the inputs are the array "x". A .npz in MNIST's layout (``x_train``, ``y_train``,
+            ``x_test``, ``y_test``, inputs of any shape flattened) needs no target: its own
+            test split is kept (``test_fraction`` is not used) and the val split is taken from
+            its training examples. Must be None for the named sets.
         task: "auto" (default): integer-valued or text targets with at most 50 distinct
             values are classification, the rest regression. The named sets have a fixed task
             (sine: regression, the others classification); naming a different one is an error.
@@ -601,12 +644,26 @@ class MLPDataModule(LightningDataModule):
         return self._splits
 
     def _read_and_split(self) -> _Splits:
-        x, targets, task, classes = self._read()
+        x, targets, task, classes, n_file_test = self._read()
         labels = targets if task == "classification" else None
         stratify = None if labels is None else np.asarray(classes)[labels]  # (n,) class values
-        indices = split_indices(
-            len(x), self.val_fraction, self.test_fraction, self.seed, stratify, self.cv_folds, self.cv_fold
-        )
+        if n_file_test:  # the file's own test split, its last rows, is kept; val comes from the rest
+            n_rest = len(x) - n_file_test
+            rest = None if stratify is None else stratify[:n_rest]
+            train, val, _ = split_indices(
+                n_rest, self.val_fraction, 0.0, self.seed, rest, self.cv_folds, self.cv_fold
+            )
+            indices = (train, val, np.arange(n_rest, len(x)))
+        else:
+            indices = split_indices(
+                len(x),
+                self.val_fraction,
+                self.test_fraction,
+                self.seed,
+                stratify,
+                self.cv_folds,
+                self.cv_fold,
+            )
         splits = dict(zip(("train", "val", "test"), indices, strict=True))
         train = splits["train"]
         offset, scale = scaling_stats(x[train], self.scaling)
@@ -634,25 +691,30 @@ class MLPDataModule(LightningDataModule):
             **{f"rows_{name}": torch.as_tensor(index, dtype=torch.long) for name, index in splits.items()},
         )
 
-    def _read(self) -> tuple[np.ndarray, np.ndarray, str, list | None]:
-        """``(x, targets, task, classes)``: inputs ``(n, d)`` and, for classification, labels
-        ``(n,)`` indexing ``classes``, for regression targets ``(n, k)``."""
+    def _read(self) -> tuple[np.ndarray, np.ndarray, str, list | None, int]:
+        """``(x, targets, task, classes, n_file_test)``: inputs ``(n, d)`` and, for
+        classification, labels ``(n,)`` indexing ``classes``, for regression targets ``(n, k)``;
+        a file in MNIST's layout (:func:`read_npz_splits`) has its own test split, its last
+        ``n_file_test`` rows (0: none)."""
         if self.dataset in BUILTIN_LOADERS:
             bunch = BUILTIN_LOADERS[self.dataset]()
             classes = [name.item() for name in np.asarray(bunch.target_names)]
-            return bunch.data.astype(np.float64), bunch.target, "classification", classes
+            return bunch.data.astype(np.float64), bunch.target, "classification", classes, 0
         if self.dataset == "xor":
             x, labels = make_xor(self.n_samples, self.noise, self.seed)
-            return x, labels, "classification", [0, 1]
+            return x, labels, "classification", [0, 1], 0
         if self.dataset == "sine":
             x, y = make_sine(self.n_samples, self.noise, self.seed)
-            return x, y, "regression", None
+            return x, y, "regression", None, 0
+        n_file_test = 0
         if self.dataset.endswith(".csv"):
             x, raw = read_csv(self.dataset, self.target)
+        elif self.target is None and (layout := read_npz_splits(self.dataset)) is not None:
+            x, raw, n_file_test = layout
         else:
             x, raw = read_npz(self.dataset, self.target or "y")
         task, targets, classes = encode_targets(raw, self.requested_task)
-        return x, targets, task, classes
+        return x, targets, task, classes, n_file_test
 
 
 def _check_folds(cv_folds, cv_fold) -> None:
