@@ -47,6 +47,8 @@ FILE_SUFFIXES = (".csv", ".npz")
 TASKS = ("auto", "classification", "regression")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SCALINGS = ("minmax", "standard")
+STREAMING = ("auto", "on", "off")
+DEFAULT_STREAM_BUDGET_MB = 256  # streaming="on" without a budget, off CUDA
 
 MAX_AUTO_CLASSES = 50  # task="auto": at most this many distinct integer/text targets -> classes
 MIN_GENERATED_SAMPLES = 4  # one point per XOR corner
@@ -523,6 +525,11 @@ class MLPDataModule(LightningDataModule):
             not used); 0 (default): no folds. The test split is the same either way (see
             ``scripts/cv.py``).
         cv_fold: with ``cv_folds`` = k, which fold (0 .. k-1) is the val split.
+        streaming: "auto" (default): the training split stays in host memory and goes to the
+            device in chunks when it is larger than the memory budget; "on", "off": always,
+            never. The update sequence is the same either way.
+        memory_budget_mb: device memory for the training split, in MiB; null: half the free
+            memory of a CUDA device (no limit on the CPU).
 
     Everything below loads the data on first use, so it can be read right after construction
     (LightningCLI links ``n_features`` and ``n_outputs`` into the model that way):
@@ -546,10 +553,18 @@ class MLPDataModule(LightningDataModule):
         scaling: Literal["minmax", "standard"] = "minmax",
         cv_folds: int = 0,
         cv_fold: int = 0,
+        streaming: Literal["auto", "on", "off"] = "auto",
+        memory_budget_mb: float | None = None,
     ):
         super().__init__()
         _check_arguments(dataset, target, task, val_fraction, test_fraction, seed, n_samples, noise, dtype)
         _check_folds(cv_folds, cv_fold)
+        if streaming not in STREAMING:
+            raise ValueError(f"streaming={streaming!r} is not accepted: use one of {', '.join(STREAMING)}")
+        if memory_budget_mb is not None and not memory_budget_mb > 0:
+            raise ValueError(f"memory_budget_mb={memory_budget_mb!r} must be > 0 (or null: by the device)")
+        self.streaming, self.memory_budget_mb = streaming, memory_budget_mb
+        self.train_chunk_rows: int | None = None  # streamed: training rows per chunk on the device
         self.cv_folds, self.cv_fold = cv_folds, cv_fold
         if scaling not in SCALINGS:
             raise ValueError(f"scaling={scaling!r} is not accepted: use one of {', '.join(SCALINGS)}")
@@ -606,12 +621,45 @@ class MLPDataModule(LightningDataModule):
         )
 
     def setup(self, stage: str) -> None:
-        """Load the data (once) and move it to the trainer's device (once), if there is one."""
+        """Load the data (once) and move it to the trainer's device (once), if there is one;
+        a streamed training split stays in host memory (see :meth:`chunk_rows`)."""
         splits = self._load()
         if self.trainer is not None:
             device = self.trainer.strategy.root_device
-            if splits.x_train.device != device:
-                self._splits = splits.to(device)
+            self.train_chunk_rows = self.chunk_rows(device)
+            if splits.x_val.device != device:
+                moved = splits.to(device)
+                if self.train_chunk_rows is not None:  # the model moves it chunk by chunk
+                    pin = device.type == "cuda"
+                    x, y = (t.pin_memory() if pin else t for t in (splits.x_train, splits.y_train))
+                    moved = replace(moved, x_train=x, y_train=y)
+                self._splits = moved
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """As Lightning does, except for a streamed training split: it stays on the host and
+        the model moves it chunk by chunk (``train_chunk_rows`` examples at a time)."""
+        if self.train_chunk_rows is not None and self.trainer is not None and self.trainer.training:
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def chunk_rows(self, device: torch.device) -> int | None:
+        """Training rows per chunk when the training split is streamed to ``device`` (``None``:
+        it is held there whole). ``streaming="auto"`` streams when the split is larger than the
+        memory budget: ``memory_budget_mb`` if given, else half the free memory of a CUDA device
+        (on the CPU the data is in host memory anyway); ``"on"`` always streams, ``"off"`` never."""
+        if self.streaming == "off":
+            return None
+        x, y = self.x_train, self.y_train
+        row_bytes = (x.shape[1] + y.shape[1]) * x.element_size()
+        if self.memory_budget_mb is not None:
+            budget = self.memory_budget_mb * 2**20
+        elif device.type == "cuda":
+            budget = torch.cuda.mem_get_info(device)[0] / 2
+        else:
+            budget = DEFAULT_STREAM_BUDGET_MB * 2**20 if self.streaming == "on" else math.inf
+        if self.streaming == "auto" and len(x) * row_bytes <= budget:
+            return None
+        return max(1, int(budget // row_bytes))
 
     def train_dataloader(self) -> _WholeSplit | list:
         """One batch per epoch, ``Batch(x_train, y_train)``: the model shuffles and slices."""

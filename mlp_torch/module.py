@@ -369,20 +369,57 @@ class MLPModule(L.LightningModule):
             start = rows[-1].stop
         return (None if order is None else order.to(device)), rows, sizes, counts
 
+    def _epoch_chunks(self, rows: list[slice]) -> list[range]:
+        """The epoch's updates in chunks of consecutive updates whose examples fit the data
+        module's ``train_chunk_rows`` (streamed training); one chunk of all when not streamed."""
+        limit = getattr(self.trainer.datamodule, "train_chunk_rows", None)
+        if limit is None:
+            return [range(len(rows))]
+        chunks, first = [], 0
+        for k, r in enumerate(rows):
+            if r.stop - r.start > limit:
+                raise ValueError(
+                    f"one update's {r.stop - r.start} examples do not fit the memory budget of "
+                    f"{limit} training examples; use a smaller batch_size or a larger --data.memory_budget_mb"
+                )
+            if r.stop - rows[first].start > limit:
+                chunks.append(range(first, k))
+                first = k
+        return [*chunks, range(first, len(rows))]
+
+    def _to_device(self, x: Tensor, y: Tensor, index: Tensor | None, y_out: Tensor) -> tuple[Tensor, Tensor]:
+        """Examples ``index`` of the host-held split ``(x, y)`` on the device (streamed
+        training); ``y`` is also kept in ``y_out`` for the epoch's ``J``."""
+        index = index.cpu()  # (m,)
+        xc = x[index].to(self.flat.device, non_blocking=True)  # (m, n_in)
+        y_out.copy_(y[index], non_blocking=True)  # (m, n_out)
+        return xc, y_out
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch  # the whole training split: (N, n_in), (N, n_out)
         hp = self.hparams
         n = x.shape[0]
         size = n if hp.batch_size == "full" else min(hp.batch_size, n)
-        index, rows, sizes, counts = self._epoch_shards(n, size, x.device)
-        if index is not None:
-            x, y = x[index], y[index]  # (n_local, n_in), (n_local, n_out): this rank's examples in use order
-        self.epoch_examples = torch.arange(n, device=x.device) if index is None else index  # (n_local,)
-        self._set_threads(min(max(r.stop - r.start for r in rows), hp.chunk_size or size))
         self._flatten_parameters()
+        device = self.flat.device  # the data is on the host when streamed
+        index, rows, sizes, counts = self._epoch_shards(n, size, device)
+        chunks = self._epoch_chunks(rows)
+        streamed = len(chunks) > 1 or x.device != device
+        if streamed and index is None:
+            index = torch.arange(n, device=device)  # (n,)
+        if index is not None and not streamed:
+            x, y = x[index], y[index]  # (n_local, n_in), (n_local, n_out): this rank's examples in use order
+        self.epoch_examples = torch.arange(n, device=device) if index is None else index  # (n_local,)
+        self._set_threads(min(max(r.stop - r.start for r in rows), hp.chunk_size or size))
         self.flat.grad = self.flat_grad
-        z_out = torch.empty_like(y)  # (n_local, n_out): each example's z_L at the weights it was used with
-        sums = x.new_zeros(2, len(rows))  # (2, K): sum |w| and sum w^2 at each update's weights
+        n_local = rows[-1].stop
+        y_local = (
+            y if len(chunks) == 1 else y.new_empty((n_local, y.shape[1]), device=device)
+        )  # (n_local, n_out)
+        z_out = torch.empty_like(
+            y_local
+        )  # (n_local, n_out): each example's z_L at the weights it was used with
+        sums = self.flat.new_zeros(2, len(rows))  # (2, K): sum |w| and sum w^2 at each update's weights
         sum_abs, sum_sq = sums.unbind(0)
         l1_at, l2_at = sum_abs.unbind(), sum_sq.unbind()
         w = self.flat[: self.n_weights]  # (P_w,): all weights
@@ -392,29 +429,34 @@ class MLPModule(L.LightningModule):
         first, distributed = self.global_step, self._rank_and_world()[1] > 1
         self.crosscheck_errors: list[float] = []
         with torch.no_grad():
-            for k, r in enumerate(rows):
-                xb, yb, zb = x[r], y[r], z_out[r]  # this rank's share of update k's batch
-                if hp.l1:
-                    torch.linalg.vector_norm(w, 1, out=l1_at[k])
-                if hp.l2:
-                    torch.dot(w, w, out=l2_at[k])
-                scale = 1.0 / sizes[k] if mean else 1.0  # the GLOBAL batch's scale
-                self._chunked_data_gradient(xb, yb, scale, source, self.flat_grad, zb)
-                if every and (first + k) % every == 0:
-                    self.crosscheck_errors.append(self._crosscheck(xb, yb, scale, first + k))
-                if distributed:
-                    sum_over_ranks(self.flat_grad)  # the whole batch's cost gradient
-                self._add_penalty_gradient(self.flat_grad, source)  # counted once
-                step()
+            for updates in chunks:  # one chunk (all of this rank's examples) unless streamed
+                lo, hi = rows[updates.start].start, rows[updates.stop - 1].stop
+                xc, yc = self._to_device(x, y, index[lo:hi], y_local[lo:hi]) if streamed else (x, y)
+                for k in updates:
+                    r = rows[k]
+                    xb, yb, zb = xc[r.start - lo : r.stop - lo], yc[r.start - lo : r.stop - lo], z_out[r]
+                    if hp.l1:
+                        torch.linalg.vector_norm(w, 1, out=l1_at[k])
+                    if hp.l2:
+                        torch.dot(w, w, out=l2_at[k])
+                    scale = 1.0 / sizes[k] if mean else 1.0  # the GLOBAL batch's scale
+                    self._chunked_data_gradient(xb, yb, scale, source, self.flat_grad, zb)
+                    if every and (first + k) % every == 0:
+                        self.crosscheck_errors.append(self._crosscheck(xb, yb, scale, first + k))
+                    if distributed:
+                        sum_over_ranks(self.flat_grad)  # the whole batch's cost gradient
+                    self._add_penalty_gradient(self.flat_grad, source)  # counted once
+                    step()
             self._count_updates(len(rows))
             local = counts.new_tensor([r.stop - r.start for r in rows])  # (K,)
-            which = torch.repeat_interleave(local, output_size=len(y))  # (n_local,): the update of each
-            train, js = self._epoch_objective(z_out, y, which, counts, sums)
+            which = torch.repeat_interleave(local, output_size=n_local)  # (n_local,): the update of each
+            train, js = self._epoch_objective(z_out, y_local, which, counts, sums)
         nonfinite = torch.nonzero(~torch.isfinite(js))  # (k, 1): the updates whose J was inf or NaN
         self.epoch_stats = {
             "J": float(train["J"]),
             "first_nonfinite_update": int(nonfinite[0]) if len(nonfinite) else -1,
             "updates": len(rows),
+            "chunks": len(chunks) if streamed else 0,  # streamed: the training split's chunks
             "lr": opt.param_groups[0]["lr"],
         }
         metrics = {f"train/{k}": v for k, v in train.items()}
