@@ -7,7 +7,8 @@
 * Convergence: :class:`ConvergenceStop` stops when the change in training J between epochs stays
   below a threshold (1e-3 by default) for ``patience`` epochs, and says so.
 
-Both read ``pl_module.epoch_stats``, which :class:`mlp_torch.module.MLPModule` fills each epoch.
+Both read ``pl_module.epoch_stats``, which :class:`mlp_torch.module.MLPModule` fills each epoch,
+and log through its ``log_epoch`` (one call per epoch for all names, unlike ``self.log``).
 """
 
 from __future__ import annotations
@@ -84,9 +85,7 @@ class LearningRateDiagnostics(Callback):
                 )
             if isinstance(trainer.logger, TensorBoardLogger):
                 trainer.logger.experiment.add_text("diagnostics/J_rose", msg, epoch)
-        pl_module.log(
-            "diagnostics/J_rose", float(prev is not None and J > prev), on_step=False, on_epoch=True
-        )
+        pl_module.log_epoch({"diagnostics/J_rose": float(prev is not None and J > prev)})
 
     def state_dict(self) -> dict:
         return {"previous_J": self.previous_J}

@@ -33,7 +33,6 @@ from mlp_torch.costs import COSTS
 __all__ = ["fused_backprop"]
 
 
-@torch.no_grad()
 def fused_backprop(
     weights: Sequence[Tensor],
     biases: Sequence[Tensor],
@@ -49,7 +48,8 @@ def fused_backprop(
     """Write ``dJ/dW_l`` and ``dJ/db_l`` of the data term ``J = s sum_i C_i`` into ``grad_W[l]``
     ``(n_l, n_{l-1})`` and ``grad_b[l]`` ``(n_l,)`` (penalties not included: the caller adds
     their gradients). Returns ``z_L`` ``(n, n_L)``, written into ``z_out`` if given, from which the
-    caller can compute the batch's cost later.
+    caller can compute the batch's cost later. Call it under ``torch.no_grad()`` (as training
+    loops run anyway) or with tensors that do not require grad.
 
     Args:
         weights, biases: ``[W_1, ..., W_L]`` ``(out, in)`` and ``[b_1, ..., b_L]``.
@@ -60,11 +60,11 @@ def fused_backprop(
     """
     activations = [x]  # a_0 = x, a_1, ..., a_L, each (n, n_l)
     last = len(weights) - 1
-    for i, (W, b) in enumerate(zip(weights, biases)):
-        out = z_out if i == last else None
-        z = torch.addmm(b, activations[-1], W.T, out=out)  # (n, n_l) = b + a_{l-1} W_l^T
-        activations.append(torch.sigmoid(z))  # (n, n_l)
-    delta = COSTS[cost].delta(z, activations[-1], y)  # (n, n_L), z is z_L here
+    for W, b in zip(weights[:last], biases[:last]):
+        activations.append(torch.sigmoid(torch.addmm(b, activations[-1], W.T)))  # (n, n_l)
+    z = torch.addmm(biases[last], activations[-1], weights[last].T, out=z_out)  # (n, n_L): z_L
+    activations.append(torch.sigmoid(z))  # (n, n_L)
+    delta = COSTS[cost].delta(z, activations[-1], y)  # (n, n_L)
     if scale != 1.0:
         delta = delta * scale  # s delta_L: every later delta and gradient carries s
     for i in range(last, -1, -1):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 __all__ = ["SMALL_PRODUCT", "available_cores", "choose_num_threads", "largest_product"]
 
-SMALL_PRODUCT = 1 << 20  # multiply-adds: an update whose largest matrix product is smaller uses one thread
+SMALL_PRODUCT = 1 << 26  # multiply-adds (67M, ~5 ms on one core): below, one thread
 
 
 def available_cores() -> int:

@@ -1,0 +1,473 @@
+"""How fast `mlp-torch` trains, against its peers, measured side by side in one process.
+
+    .venv/bin/python scripts/benchmark.py --out benchmark.json     # about 3-4 minutes on 2 cores
+
+1. Per update, digits (1,078 training examples), the 64-100-10 sigmoid network, the default
+   objective (cross-entropy, L2 1e-4, mean over the batch) and the notes' damped momentum (lr 3,
+   alpha 0.9), at batch 1, 16, 100 and full (1,078), for:
+
+   - ``numpy``: a hand-written numpy loop (at batch 1 with vectors: ``W @ x``, ``np.outer``);
+   - ``torch plain``: plain tensors, hand-written backprop and momentum, no optimizer class;
+   - ``torch autograd+SGD``: ``nn.Sequential``, autograd and ``torch.optim.SGD(momentum=0.9,
+     dampening=0.9)``, the damped rule (its first step differs, see ``mlp_torch.optim.Momentum``);
+   - ``sklearn``: scikit-learn's ``MLPClassifier`` (logistic units, sgd, momentum 0.9; its output
+     layer is a softmax: a peer, not the same objective), fit time over its updates;
+   - ``MLPModule lean``: a ``Trainer`` with no logger, validation, checkpoints or progress bar;
+   - ``MLPModule shipped``: what ``mlp-torch fit`` builds (TensorBoard logger and histograms,
+     validation each epoch, best and last checkpoints, progress bar), through the CLI's own code;
+
+   both MLPModule rows with ``grad_source`` ``manual`` and ``autograd``. The timed stretch skips
+   the first epoch (warm-up) and, for MLPModule, the Trainer's start: it runs from the start of
+   epoch 1 to the end of training, so it includes every later epoch's validation, checkpoint and
+   logging. Threads: by the rule of ``mlp_torch.threads`` (one for this network), the same for all.
+2. The wide network 784-1024-1024-10 at batch 512 (random data), both gradient sources, against
+   ``torch.mm`` alone on the same matrix products of one update (forward, deltas, weight
+   gradients, the same operand layouts): the fraction of matmul peak reached.
+3. Whole processes: the default ``mlp-torch fit`` (its test accuracy too), the same beside one
+   busy process (a CPU-bound loop), and ``mlp-torch gradcheck``.
+
+Every measurement runs ``--rounds`` times, the methods taking turns within each round; the table
+shows the median, with min and max in the JSON (``--out``). Runs on CUDA too when present
+(``--device``): the torch rows then run there (numpy and scikit-learn stay on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+from torch import nn
+
+from mlp_torch.data import MLPDataModule, epoch_permutation
+from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_L2, DEFAULT_LR, MLPModule
+from mlp_torch.network import SigmoidMLP
+from mlp_torch.threads import choose_num_threads
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCHES = [1, 16, 100, "full"]
+EPOCHS = {1: 4, 16: 30, 100: 60, "full": 100}  # timed epochs are these minus the warm-up one
+WIDE, WIDE_BATCH = [784, 1024, 1024, 10], 512
+TARGETS = {  # ratio to `torch plain`, at most
+    ("MLPModule lean manual", 1): 1.2, ("MLPModule lean manual", 16): 1.2,
+    ("MLPModule lean manual", 100): 1.2, ("MLPModule shipped manual", 16): 1.5,
+    ("MLPModule shipped manual", 100): 2.0,
+}  # fmt: skip
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---- the peers: plain loops --------------------------------------------------------------------
+
+
+class Clock:
+    """Seconds and updates from the start of epoch 1 (epoch 0 warms up)."""
+
+    def __init__(self, device: str):
+        self.device, self.began, self.updates = device, 0.0, 0
+
+    def restart(self) -> None:
+        sync(self.device)
+        self.began, self.updates = time.perf_counter(), 0
+
+    def stop(self) -> tuple[float, int]:
+        sync(self.device)
+        return time.perf_counter() - self.began, self.updates
+
+
+def torch_batches(x, y, batch, epochs: int, clock: Clock):
+    """Each epoch's batches in `mlp-torch`'s shuffle order; restarts ``clock`` at epoch 1."""
+    n = len(x)
+    size = n if batch == "full" else batch
+    for epoch in range(epochs):
+        if epoch == 1:
+            clock.restart()
+        order = (torch.arange(n) if batch == "full" else epoch_permutation(n, 0, epoch)).to(x.device)
+        yield from zip(x[order].split(size), y[order].split(size))
+
+
+def numpy_loop(x: np.ndarray, y: np.ndarray, batch, epochs: int) -> tuple[float, int]:
+    """Hand-written numpy backprop of the default objective, damped momentum; per-example
+    updates with vectors (``W @ x``, ``np.outer``)."""
+    net = SigmoidMLP([64, 100, 10], seed=0).double()
+    W = [w.detach().numpy().astype(x.dtype) for w in net.weights]  # (out, in)
+    b = [v.detach().numpy().astype(x.dtype) for v in net.biases]
+    dW, db = [np.zeros_like(w) for w in W], [np.zeros_like(v) for v in b]
+    lr, alpha, l2, n = DEFAULT_LR, DEFAULT_ALPHA, DEFAULT_L2, len(x)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    size = n if batch == "full" else batch
+    start, updates = 0.0, 0
+    for epoch in range(epochs):
+        if epoch == 1:
+            start, updates = time.perf_counter(), 0
+        order = np.arange(n) if batch == "full" else epoch_permutation(n, 0, epoch).numpy()
+        for k in range(0, n, size):
+            i = order[k : k + size]
+            if size == 1:  # vectors: one example
+                xi, yi = x[i[0]], y[i[0]]
+                a1 = sig(W[0] @ xi + b[0])
+                a2 = sig(W[1] @ a1 + b[1])
+                d2 = a2 - yi
+                d1 = (W[1].T @ d2) * a1 * (1 - a1)
+                grads = [(np.outer(d1, xi), d1), (np.outer(d2, a1), d2)]
+            else:
+                xb, yb, s = x[i], y[i], 1.0 / len(i)
+                a1 = sig(xb @ W[0].T + b[0])
+                a2 = sig(a1 @ W[1].T + b[1])
+                d2 = (a2 - yb) * s
+                d1 = (d2 @ W[1]) * a1 * (1 - a1)
+                grads = [(d1.T @ xb, d1.sum(0)), (d2.T @ a1, d2.sum(0))]
+            for j, (gW, gb) in enumerate(grads):
+                gW = gW + 2 * l2 * W[j]
+                dW[j] = alpha * dW[j] - (1 - alpha) * lr * gW
+                db[j] = alpha * db[j] - (1 - alpha) * lr * gb
+                W[j] += dW[j]
+                b[j] += db[j]
+            updates += 1
+    return time.perf_counter() - start, updates
+
+
+def torch_plain_loop(x, y, batch, epochs: int, device: str) -> tuple[float, int]:
+    """Plain tensors, hand-written backprop of the default objective and damped momentum."""
+    net = SigmoidMLP([64, 100, 10], seed=0).to(x.dtype)
+    W = [w.detach().to(device).clone() for w in net.weights]
+    b = [v.detach().to(device).clone() for v in net.biases]
+    params = [*W, *b]
+    dws = [torch.zeros_like(p) for p in params]
+    lr, alpha, l2 = DEFAULT_LR, DEFAULT_ALPHA, DEFAULT_L2
+    clock = Clock(device)
+    with torch.no_grad():
+        for xb, yb in torch_batches(x, y, batch, epochs, clock):
+            a1 = torch.sigmoid(torch.addmm(b[0], xb, W[0].T))
+            a2 = torch.sigmoid(torch.addmm(b[1], a1, W[1].T))
+            d2 = (a2 - yb) / len(xb)
+            d1 = (d2 @ W[1]) * a1 * (1 - a1)
+            grads = [d1.T @ xb + 2 * l2 * W[0], d2.T @ a1 + 2 * l2 * W[1], d1.sum(0), d2.sum(0)]
+            for p, dw, g in zip(params, dws, grads):
+                dw.mul_(alpha).add_(g, alpha=-(1 - alpha) * lr)
+                p.add_(dw)
+            clock.updates += 1
+    return clock.stop()
+
+
+def torch_autograd_loop(x, y, batch, epochs: int, device: str) -> tuple[float, int]:
+    """``nn.Sequential``, autograd of the default objective, ``torch.optim.SGD`` (damped)."""
+    net = SigmoidMLP([64, 100, 10], seed=0)
+    model = nn.Sequential(net.layers[0], nn.Sigmoid(), net.layers[1]).to(device=device, dtype=x.dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=DEFAULT_LR, momentum=DEFAULT_ALPHA, dampening=DEFAULT_ALPHA)
+    weights = [model[0].weight, model[2].weight]
+    clock = Clock(device)
+    for xb, yb in torch_batches(x, y, batch, epochs, clock):
+        z = model(xb)
+        cost = nn.functional.binary_cross_entropy_with_logits(z, yb, reduction="sum") / len(xb)
+        loss = cost + DEFAULT_L2 * sum((w * w).sum() for w in weights)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        clock.updates += 1
+    return clock.stop()
+
+
+def sklearn_fit(x: np.ndarray, labels: np.ndarray, batch, epochs: int) -> tuple[float, int]:
+    """scikit-learn's MLPClassifier, logistic units, sgd with momentum 0.9 (not Nesterov)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    n = len(x)
+    clf = MLPClassifier(
+        hidden_layer_sizes=(100,), activation="logistic", solver="sgd", momentum=DEFAULT_ALPHA,
+        nesterovs_momentum=False, learning_rate_init=0.1, alpha=2 * DEFAULT_L2,
+        batch_size=n if batch == "full" else batch, max_iter=epochs, tol=0.0,
+        n_iter_no_change=epochs + 1, random_state=0,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        start = time.perf_counter()
+        clf.fit(x, labels)
+        seconds = time.perf_counter() - start
+    return seconds, clf.n_iter_ * math.ceil(n / (n if batch == "full" else batch))
+
+
+# ---- MLPModule ----------------------------------------------------------------------------------
+
+
+class Stopwatch(L.Callback):
+    """From the start of epoch 1 to the end of training; counts the updates in between."""
+
+    def __init__(self, device: str):
+        self.device, self.start, self.seconds, self.first = device, None, None, 0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            sync(self.device)
+            self.start, self.first = time.perf_counter(), trainer.global_step
+
+    def on_train_end(self, trainer, pl_module):
+        sync(self.device)
+        self.seconds = time.perf_counter() - self.start
+        self.updates = trainer.global_step - self.first
+
+
+def module_lean(dm: MLPDataModule, batch, epochs: int, source: str, device: str, sizes=None):
+    module = MLPModule(
+        hidden_sizes=(sizes or [64, 100, 10])[1:-1], n_inputs=dm.n_features, n_outputs=dm.n_outputs,
+        batch_size=batch, grad_source=source, histograms_every_n_epochs=0,
+    )  # fmt: skip
+    watch = Stopwatch(device)
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[watch],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    return watch.seconds, watch.updates
+
+
+def module_shipped(batch, epochs: int, source: str, device: str):
+    """What `mlp-torch fit` runs, built by the CLI's own code, in a temporary folder."""
+    from mlp_torch.cli import make_cli
+
+    watch = Stopwatch(device)
+    with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder):
+        cli = make_cli([
+            "--trainer.max_epochs", str(epochs), "--model.batch_size", str(batch),
+            "--model.grad_source", source, "--trainer.accelerator", "gpu" if device == "cuda" else "cpu",
+            "--convergence.enabled", "false",
+        ], run=False)  # fmt: skip
+        cli.trainer.callbacks.append(watch)
+        quiet = open(os.devnull, "w")  # noqa: SIM115 (closed below)
+        with quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return watch.seconds, watch.updates
+
+
+# ---- the wide network ---------------------------------------------------------------------------
+
+
+def wide_products_seconds(device: str, dtype, reps: int) -> float:
+    """``torch.mm`` alone on one update's matrix products of the wide network (the operand
+    layouts of :func:`mlp_torch.fused.fused_backprop`), seconds per update."""
+    gen = torch.Generator().manual_seed(0)
+    rand = lambda *s: torch.rand(*s, generator=gen, dtype=dtype).to(device)  # noqa: E731
+    W = [rand(o, i) for i, o in zip(WIDE, WIDE[1:])]
+    acts = [rand(WIDE_BATCH, n) for n in WIDE]  # a_0 = x, ..., a_L
+    deltas = [rand(WIDE_BATCH, n) for n in WIDE[1:]]
+
+    def update():
+        for l, w in enumerate(W):  # forward: a_{l-1} W_l^T
+            torch.mm(acts[l], w.T)
+        for l in range(len(W) - 1, -1, -1):
+            torch.mm(deltas[l].T, acts[l])  # grad W_l
+            if l:
+                torch.mm(deltas[l], W[l])  # delta_l W_l, toward delta_{l-1}
+
+    update()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        update()
+    sync(device)
+    return (time.perf_counter() - start) / reps
+
+
+def wide_data(folder: str) -> MLPDataModule:
+    rng = np.random.default_rng(0)
+    n = 2200  # 2,112 training examples after the 2 % val and test splits: 4 updates of 512 or so
+    x = rng.random((n, WIDE[0]), dtype=np.float32)
+    labels = rng.integers(0, WIDE[-1], n)
+    np.savez(Path(folder) / "wide.npz", x=x, y=labels)
+    return MLPDataModule(str(Path(folder) / "wide.npz"), val_fraction=0.02, test_fraction=0.02, seed=0)
+
+
+# ---- whole processes ----------------------------------------------------------------------------
+
+MLP_TORCH = [sys.executable, "-c", "import sys; from mlp_torch.command import main; sys.exit(main())"]
+
+
+def whole_process(args: list[str], busy: bool = False) -> tuple[float, str]:
+    """Seconds from start to exit of ``mlp-torch ARGS`` in a temporary folder, and its output;
+    with ``busy``, beside one CPU-bound process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("OMP_NUM_THREADS", None)  # the default: as a user runs it
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            start = time.perf_counter()
+            done = subprocess.run(MLP_TORCH + args, cwd=folder, env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+    finally:
+        if burner is not None:
+            burner.kill()
+            burner.wait()
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"mlp-torch {' '.join(args)} failed: {done.stderr[-500:]}")
+    return seconds, done.stdout + done.stderr
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def main() -> int:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["updates", "wide", "process"])
+    args = parser.parse_args()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    began = time.perf_counter()
+    machine = {
+        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "device": device,
+        "torch": torch.__version__, "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+    }  # fmt: skip
+    results: dict = {"machine": machine, "command": " ".join(sys.argv), "rounds": args.rounds}
+    if "updates" not in args.skip:
+        results["per_update_us"] = per_update(args.rounds, device)
+    if "wide" not in args.skip:
+        results["wide"] = wide(args.rounds, device)
+    if "process" not in args.skip:
+        results["process_s"] = processes(args.rounds)
+    results["benchmark_seconds"] = time.perf_counter() - began
+    report(results)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+        print(f"\nwritten to {args.out}")
+    return 0
+
+
+def per_update(rounds: int, device: str) -> dict:
+    dm = MLPDataModule("digits", seed=0)
+    x, y = dm.x_train, dm.y_train  # (1078, 64), (1078, 10) float32
+    xn, yn, labels = x.numpy(), y.numpy(), dm.labels_train.numpy()
+    xd, yd = x.to(device), y.to(device)
+    torch.set_num_threads(choose_num_threads([64, 100, 10], 16))
+    methods = {
+        "numpy": lambda b, e: numpy_loop(xn, yn, b, e),
+        "torch plain": lambda b, e: torch_plain_loop(xd, yd, b, e, device),
+        "torch autograd+SGD": lambda b, e: torch_autograd_loop(xd, yd, b, e, device),
+        "sklearn": lambda b, e: sklearn_fit(xn, labels, b, e),
+        "MLPModule lean manual": lambda b, e: module_lean(dm, b, e, "manual", device),
+        "MLPModule lean autograd": lambda b, e: module_lean(dm, b, e, "autograd", device),
+        "MLPModule shipped manual": lambda b, e: module_shipped(b, e, "manual", device),
+        "MLPModule shipped autograd": lambda b, e: module_shipped(b, e, "autograd", device),
+    }
+    times: dict[str, dict[str, list[float]]] = {m: {str(b): [] for b in BATCHES} for m in methods}
+    with threadpool_limits(1):  # numpy and scikit-learn by the same rule: one thread
+        for r in range(rounds):
+            for batch in BATCHES:
+                for name, run in methods.items():
+                    seconds, updates = run(batch, EPOCHS[batch])
+                    times[name][str(batch)].append(1e6 * seconds / updates)
+            print(f"round {r + 1}/{rounds} of the per-update table done", file=sys.stderr, flush=True)
+    return {m: {b: summary(v) for b, v in per_batch.items()} for m, per_batch in times.items()}
+
+
+def wide(rounds: int, device: str) -> dict:
+    threads = choose_num_threads(WIDE, WIDE_BATCH)
+    out: dict[str, list[float]] = {"torch.mm": [], "manual": [], "autograd": []}
+    with tempfile.TemporaryDirectory() as folder:
+        dm = wide_data(folder)
+        for _ in range(rounds):
+            for source in ("manual", "autograd"):
+                seconds, updates = module_lean(dm, WIDE_BATCH, 3, source, device, sizes=WIDE)
+                out[source].append(seconds / updates)
+            torch.set_num_threads(threads)
+            out["torch.mm"].append(wide_products_seconds(device, torch.float32, reps=5))
+    mm = statistics.median(out["torch.mm"])
+    return {
+        "threads": threads,
+        "seconds_per_update": {k: summary(v) for k, v in out.items()},
+        "fraction_of_mm": {s: mm / statistics.median(out[s]) for s in ("manual", "autograd")},
+    }
+
+
+def processes(rounds: int) -> dict:
+    out: dict[str, list[float]] = {"fit": [], "fit beside a busy process": [], "gradcheck": []}
+    accuracies = []
+    for _ in range(rounds):
+        seconds, text = whole_process(["fit"])
+        out["fit"].append(seconds)
+        found = re.search(r"test/acc\s+([\d.]+)%", text)
+        accuracies.append(float(found.group(1)) if found else None)
+        out["fit beside a busy process"].append(whole_process(["fit"], busy=True)[0])
+        out["gradcheck"].append(whole_process(["gradcheck"])[0])
+    result = {k: summary(v) for k, v in out.items()}
+    result["fit test/acc %"] = accuracies
+    return result
+
+
+def report(results: dict) -> None:
+    m = results["machine"]
+    print(f"\nmachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, device {m['device']}"
+          f"{', ' + m['gpu'] if m['gpu'] else ''}; medians of {results['rounds']} rounds")  # fmt: skip
+    table = results.get("per_update_us")
+    if table:
+        plain = table["torch plain"]
+        print("\nmicroseconds per update (ratio to torch plain), digits 64-100-10")
+        print(f"| {'way of training':<28} | " + " | ".join(f"batch {b}".ljust(16) for b in BATCHES) + " |")
+        print(f"|{'-' * 30}|" + "|".join("-" * 18 for _ in BATCHES) + "|")
+        for name, per_batch in table.items():
+            cells = []
+            for b in BATCHES:
+                med, ref = per_batch[str(b)]["median"], plain[str(b)]["median"]
+                cells.append(f"{med:8.1f} ({med / ref:4.2f}x)".ljust(16))
+            print(f"| {name:<28} | " + " | ".join(cells) + " |")
+        print("\ntargets (ratio to torch plain):")
+        for (name, b), limit in TARGETS.items():
+            ratio = table[name][str(b)]["median"] / plain[str(b)]["median"]
+            verdict = "met" if ratio <= limit else "NOT met"
+            print(f"  {name} at batch {b}: {ratio:.2f}x (target <= {limit}x: {verdict})")
+        lean1, numpy1 = table["MLPModule lean manual"]["1"]["median"], table["numpy"]["1"]["median"]
+        print(f"  MLPModule lean manual at batch 1 vs numpy vectors: {lean1:.1f} vs {numpy1:.1f} us "
+              f"({'met' if lean1 <= numpy1 else 'NOT met'}: at least as fast)")  # fmt: skip
+    w = results.get("wide")
+    if w:
+        s = w["seconds_per_update"]
+        ms = {k: 1e3 * v["median"] for k, v in s.items()}
+        print(f"\nwide network {WIDE} at batch {WIDE_BATCH}, {w['threads']} threads: ms per update "
+              f"torch.mm alone {ms['torch.mm']:.1f}, manual {ms['manual']:.1f}, "
+              f"autograd {ms['autograd']:.1f}")  # fmt: skip
+        for source, frac in w["fraction_of_mm"].items():
+            verdict = "met" if frac >= 0.85 else "NOT met"
+            print(f"  {source}: {frac:.2f} of torch.mm peak (target >= 0.85: {verdict})")
+    p = results.get("process_s")
+    if p:
+        fit, busy, grad = (p[k]["median"] for k in ("fit", "fit beside a busy process", "gradcheck"))
+        print(f"\nwhole process: mlp-torch fit {fit:.1f} s (target <= 7 s), test/acc {p['fit test/acc %']}; "
+              f"beside a busy process {busy:.1f} s = {busy / fit:.2f}x (target <= 2x); "
+              f"mlp-torch gradcheck {grad:.2f} s (target <= 2.5 s)")  # fmt: skip
+    print(f"\nbenchmark took {results['benchmark_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
