@@ -36,7 +36,6 @@ from typing import Literal
 
 import lightning.pytorch as L
 import torch
-import torchmetrics
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -183,11 +182,6 @@ class MLPModule(L.LightningModule):
         self.objective_kw = dict(cost=cost, l1=l1, l2=l2)  # plain attributes: read per update
         self.chunk_size = chunk_size
         self.crosscheck_tolerance = crosscheck_tolerance or TOLERANCES[DTYPES[dtype]]["manual_vs_autograd"]
-        if task == "classification":
-            metric = lambda: torchmetrics.Accuracy(task="multiclass", num_classes=n_outputs)  # noqa: E731
-        else:
-            metric = torchmetrics.MeanSquaredError
-        self.val_metric, self.test_metric = metric(), metric()
         self.epoch_stats: dict[str, float] = {}  # the last epoch's J etc., read by the callbacks
 
     def forward(self, x: Tensor) -> Tensor:
@@ -531,10 +525,11 @@ class MLPModule(L.LightningModule):
 
     # ---- evaluation -----------------------------------------------------------------------
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metric) -> None:
-        """``J`` and accuracy (or MSE) of a whole split; under DDP each rank evaluates its shard
-        (:func:`mlp_torch.distributed.shard`), the cost is summed over the ranks and the metric's
-        state is combined by torchmetrics, so every rank logs the whole split's values."""
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        """``{stage}/J`` and ``{stage}/acc`` (classification) or ``{stage}/mse`` (regression, in the
+        target's units) of a whole split, which the data module serves as one batch; under DDP
+        each rank evaluates its shard (:func:`mlp_torch.distributed.shard`) and the sums are
+        reduced over the ranks, so every rank logs the whole split's values."""
         x, y = batch
         n = x.shape[0]
         scale = 1.0 / n if self.hparams.reduction == "mean" else 1.0
@@ -546,20 +541,25 @@ class MLPModule(L.LightningModule):
             terms["J"] = cost + terms["l1"] + terms["l2"]
         y_hat = self.net(x)
         if self.hparams.task == "classification":
-            metric(y_hat.argmax(dim=1), y.argmax(dim=1))
-            name = "acc"
+            name, count = "acc", n
+            total = (y_hat.argmax(dim=1) == y.argmax(dim=1)).sum().to(y.dtype)  # right answers
         else:
             low, high = self.hparams.target_low, self.hparams.target_high
-            metric(from_unit_range(y_hat, low, high), from_unit_range(y, low, high))
-            name = "mse"
-        self.log(f"{stage}/J", terms["J"], prog_bar=stage == "val")
-        self.log(f"{stage}/{name}", metric, prog_bar=stage == "val")
+            error = from_unit_range(y_hat, low, high) - from_unit_range(y, low, high)  # (n_rank, k)
+            name, count, total = "mse", n * y.shape[1], (error * error).sum()
+        if self._rank_and_world()[1] > 1:
+            total = self.trainer.strategy.reduce(total.clone(), reduce_op="sum")
+        metrics = {f"{stage}/J": terms["J"], f"{stage}/{name}": total / count}
+        if stage == "val" and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.log_epoch(metrics)  # each epoch of a fit: in one cheap call (ModelCheckpoint reads val/J)
+        else:
+            self.log_dict(metrics, prog_bar=stage == "val")  # validate and test return what is logged
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metric)
+        self._evaluate(batch, "val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_metric)
+        self._evaluate(batch, "test")
 
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         """The outputs ``y_hat`` ``(n, k)``: one per class (classification), or the values in the
