@@ -39,6 +39,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
@@ -475,7 +476,13 @@ class MLPModule(L.LightningModule):
             {k: v.detach() if isinstance(v, Tensor) else torch.tensor(v) for k, v in metrics.items()}
         )
         for logger in self.loggers:
-            logger.log_metrics(scalars, step=self.current_epoch)
+            if isinstance(logger, TensorBoardLogger):
+                if self.trainer.is_global_zero:  # one event for all names: each one wakes its writer thread
+                    values = [Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
+                    summary = Summary(value=values)
+                    logger.experiment._get_file_writer().add_summary(summary, self.current_epoch)
+            else:
+                logger.log_metrics(scalars, step=self.current_epoch)
 
     def _epoch_objective(
         self, z: Tensor, y: Tensor, which: Tensor, counts: Tensor, sums: Tensor
