@@ -11,7 +11,7 @@ readable (``backprop.backprop``)          fused (:func:`fused_backprop`)
 ``z = a @ W.T + b``                       ``torch.addmm(b, a, W.T)``: one op
 ``delta_L = grad_a C * f'(z_L)``          the cost's own ``delta``, then times ``s`` once
 ``(delta W) * f'(z)``, ``f' = a (1-a)``   ``sigmoid_backward(delta W, a)``: one fused op
-``s * (delta.T @ a)``, ``s * sum delta``  ``delta.T @ a``, ``sum delta`` of the scaled delta
+``s * (delta.T @ a)``, ``s * sum delta``  ``delta.T @ a``, ``delta.T @ 1``, delta scaled
 penalties' gradients per layer            left to the caller (one op on all weights at once)
 new tensors for every gradient            written into the caller's ``grad_W``, ``grad_b``
 ========================================  ===============================================
@@ -67,9 +67,10 @@ def fused_backprop(
     delta = COSTS[cost].delta(z, activations[-1], y)  # (n, n_L)
     if scale != 1.0:
         delta = delta * scale  # s delta_L: every later delta and gradient carries s
+    ones = x.new_ones(x.shape[0])  # (n,): sum over examples as a matrix-vector product, far faster
     for i in range(last, -1, -1):
         torch.mm(delta.T, activations[i], out=grad_W[i])  # (n_l, n) @ (n, n_{l-1})
-        torch.sum(delta, dim=0, out=grad_b[i])  # (n_l,)
+        torch.mv(delta.T, ones, out=grad_b[i])  # (n_l,) = sum_i delta_i
         if i:
             delta = torch.ops.aten.sigmoid_backward(delta @ weights[i], activations[i])  # (n, n_{l-1})
     return z
