@@ -310,9 +310,11 @@ class MLPModule(L.LightningModule):
         return worst
 
     def _set_threads(self, rows: int) -> None:
-        """Intra-op threads by :func:`mlp_torch.threads.choose_num_threads` (or ``num_threads``);
-        logged once."""
+        """Intra-op threads by :func:`mlp_torch.threads.choose_num_threads` (or ``num_threads``),
+        the machine's cores shared among its DDP processes on the CPU; logged once."""
         threads = self.hparams.num_threads or choose_num_threads(self.net.sizes, rows)
+        if not self.hparams.num_threads and self.flat.device.type == "cpu" and self.trainer.num_devices > 1:
+            threads = max(1, threads // self.trainer.num_devices)  # the processes on this machine
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         if getattr(self, "_threads_logged", None) != threads:

@@ -64,6 +64,7 @@ def test_mini_batch_manual_on_2_then_resumed_on_3_processes_is_the_one_process_r
             "--model.crosscheck_every_n_steps", "5"]  # fmt: skip
     first = ddp_fit(*args, "--trainer.max_epochs", "1", devices=2, out=tmp_path / "a", cwd=tmp_path)
     assert_each_example_once(first, epoch=0)
+    assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]  # one run folder
     assert first[0]["max_rel_err"] == first[1]["max_rel_err"] < 1e-12  # the max over the ranks
     assert torch.equal(first[0]["flat"], first[1]["flat"])
     # resume under DDP, on a different number of processes: the result does not depend on it
