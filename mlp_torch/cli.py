@@ -16,16 +16,30 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from jsonargparse import Namespace
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from mlp_torch.callbacks import ConvergenceStop, LearningRateDiagnostics
+from mlp_torch.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    EpochCheckpoint,
+    RunLock,
+    check_class_paths,
+    newest_hpc_checkpoint,
+    read_checkpoint,
+    remove_stale_temp_files,
+)
 from mlp_torch.command import PROG, main, run_reporting_errors
 from mlp_torch.data import MLPDataModule, from_unit_range
 from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule
@@ -38,12 +52,13 @@ print0 = rank_zero_only(print)  # under DDP every process runs the CLI: one of t
 
 
 class MLPCLI(LightningCLI):
-    """LightningCLI with the data linked into the model and the notes' callbacks always on."""
+    """LightningCLI with the data linked into the model, the notes' callbacks always on, and
+    checkpoints and run folders handled by :mod:`mlp_torch.checkpoints`."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(LearningRateDiagnostics, "diagnostics")
         parser.add_lightning_class_args(ConvergenceStop, "convergence")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(EpochCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/J",
@@ -72,51 +87,110 @@ class MLPCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in callbacks
         ):
             kwargs["callbacks"] = [*callbacks, EpochProgressBar()]
+        plugins = config.get("plugins") or []
+        kwargs["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        """Parse, then resolve and read ``--ckpt_path`` before anything is built or written.
+        """Parse; resolve and read ``--ckpt_path``; let the checkpoint's settings fill in what
+        the command line and ``--config`` leave open; check every value; plan the run folder.
+        Nothing is built or written yet.
 
-        ``last`` means the newest ``last.ckpt`` under the logger's folder; ``fit`` then keeps
-        logging into that run's version folder (Lightning alone would look only in a new one).
-        The file is read without executing code; LightningCLI then takes the model's
-        hyper-parameters from it.
+        ``last`` is the newest ``last.ckpt`` of a run under the logger's folder (by default
+        ``<default_root_dir>/lightning_logs``), ``best`` that run's best checkpoint, ``hpc`` the
+        newest ``hpc_ckpt_N.ckpt`` in ``default_root_dir`` (also picked up without
+        ``--ckpt_path`` under SLURM, as Lightning does). Every one is read by
+        :func:`read_checkpoint`, which runs no code.
         """
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        config = self.config[subcommand] if subcommand else None
-        ckpt = config.get("ckpt_path") if config else None
-        if ckpt is None or ckpt in ("best", "hpc"):
+        config = self.config[subcommand] if subcommand else self.config
+        _logger_under_default_root_dir(config)
+        if not subcommand:
             return
-        if ckpt == "last":
-            init = getattr(config.trainer.logger, "init_args", None)
-            root = Path(init.save_dir) / (init.get("name") or "lightning_logs") if init else None
-            root = root or Path(config.trainer.default_root_dir or ".") / "lightning_logs"
-            found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-            if not found:
-                raise ValueError(
-                    f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints; "
-                    "run `mlp-torch fit` first or give a checkpoint file"
-                )
-            config.ckpt_path = ckpt = str(found[-1])
-            if subcommand == "fit" and init:
-                init.version = found[-1].parent.parent.name
-        self._checkpoint = read_checkpoint(ckpt)
+        if config.get("weights_only") is False:
+            raise ValueError(
+                "--weights_only false is refused: mlp-torch reads every checkpoint with "
+                "torch.load(weights_only=True), so that no code from a checkpoint can run"
+            )
+        ckpt = _resolve_ckpt_path(subcommand, config)
+        self._checkpoint = None
+        if ckpt is not None:
+            self._checkpoint = read_checkpoint(ckpt)
+            defaults = _checkpoint_defaults(self._checkpoint, ckpt, self._subcommand_parsers[subcommand])
+            self._subcommand_parsers[subcommand].set_defaults(defaults)
+            super().parse_arguments(parser, args)  # the command line and --config win
+            config = self.config[subcommand]
+            _logger_under_default_root_dir(config)
+            config.ckpt_path = str(ckpt)
+        elif subcommand != "fit":
+            raise ValueError(
+                f"{subcommand} needs --ckpt_path (a checkpoint file, last or best): without one it "
+                "would evaluate untrained, initial weights"
+            )
+        _check_settings(subcommand, config, self._checkpoint)
+        self._run = _plan_run(subcommand, config, ckpt)
+        if self._run.config_filename:
+            self.save_config_kwargs["config_filename"] = self._run.config_filename
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaces LightningCLI's: that one lets the checkpoint's hyper-parameters override the
+        command line; here they were applied as defaults in :meth:`parse_arguments`."""
+
+    def after_instantiate_classes(self) -> None:
+        """Every checkpoint records the optimizer and scheduler (the module leaves these callables
+        out of its hyper-parameters) and the data's settings (``datamodule_hyper_parameters``), so
+        that ``--ckpt_path`` alone rebuilds the run."""
+        if not self.subcommand:
+            return
+        self._dump_config()
+        model, data = self.config_dump.get("model", {}), self.config_dump.get("data", {})
+        record = {
+            "hyper_parameters": {k: model.get(k) for k in ("optimizer", "lr_scheduler")},
+            "datamodule_hyper_parameters": dict(data),
+        }
+        self.trainer.callbacks.append(_RecordInCheckpoint(record))
 
     def _check_checkpoint_fits(self) -> None:
         """The checkpoint's weights must have the shapes of the configured network."""
-        state = getattr(self, "_checkpoint", None)
+        state = self._checkpoint
         if state is None:
             return
         expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items() if k.startswith("net.")}
         found = {k: tuple(v.shape) for k, v in state["state_dict"].items() if k.startswith("net.")}
         if found != expected:
-            sizes = [found[k][1] for k in sorted(found) if k.endswith("weight")][:1]
-            sizes += [found[k][0] for k in sorted(found) if k.endswith("weight")]
+            weights = sorted(k for k in found if k.endswith("weight"))
+            sizes = [found[k][1] for k in weights[:1]] + [found[k][0] for k in weights]
+            trained_on = (state.get("datamodule_hyper_parameters") or {}).get("dataset")
+            on = f" (trained on {trained_on})" if trained_on else ""
             raise ValueError(
-                f"--ckpt_path {self.config[self.subcommand].ckpt_path}: its network has sizes {sizes}, "
-                f"the configured one {self.model.net.sizes}; use the config the checkpoint was trained with"
+                f"--ckpt_path {self.config[self.subcommand].ckpt_path}: its network has sizes {sizes}{on}, "
+                f"the configured one {self.model.net.sizes} (data {self.datamodule.dataset}); "
+                "leave out the options that change the data or the network, or give a matching checkpoint"
             )
+
+    def _check_optimizer(self) -> None:
+        """Build the optimizer and scheduler once on a dummy parameter: a bad lr or alpha fails
+        here, before the run folder is touched, not in the middle of ``fit``."""
+        dummy = [torch.nn.Parameter(torch.zeros(1))]
+        optimizer = self.model.optimizer_factory(dummy) if self.model.optimizer_factory else None
+        if optimizer is not None and self.model.scheduler_factory is not None:
+            self.model.scheduler_factory(optimizer)
+
+    def _take_run_folder(self) -> None:
+        """Create (new run) or lock (resume) the run folder, now that every value was checked."""
+        run = self._run
+        if run.folder is None or self.trainer.global_rank != 0:  # DDP: rank 0 holds the run
+            return
+        if run.new:
+            try:
+                run.folder.mkdir(parents=True)
+            except FileExistsError:
+                raise ValueError(
+                    f"run folder {run.folder} was created by another process at the same time; run again"
+                ) from None
+        self._lock = RunLock(run.folder).acquire()
+        remove_stale_temp_files(run.folder / "checkpoints")
 
     def before_validate(self) -> None:
         self._check_checkpoint_fits()
@@ -130,6 +204,8 @@ class MLPCLI(LightningCLI):
     def before_fit(self) -> None:
         self._check_checkpoint_fits()
         self.model.check_world_size(self.trainer.world_size)  # before DDP starts the other processes
+        self._check_optimizer()
+        self._take_run_folder()
         self._started = time.perf_counter()
         print0(f"data: {self.datamodule.describe()}")
         n_params = sum(p.numel() for p in self.model.net.parameters())
@@ -226,21 +302,181 @@ def write_predictions(path: Path, outputs: torch.Tensor, dm: MLPDataModule) -> N
                 writer.writerow([r, *(f"{v:.6g}" for v in p), *(f"{v:.6g}" for v in t)])
 
 
-def read_checkpoint(path: str) -> dict:
-    """Load a checkpoint without executing code (``weights_only=True``); ``ValueError`` if it is
-    missing, unreadable, or not a checkpoint of this package."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated file, another format, pickled code, ...
+# Settings a checkpoint does not set: linked from the data or from --seed_everything.
+NOT_FROM_CHECKPOINT = {
+    "model": {"n_inputs", "n_outputs", "task", "target_low", "target_high", "seed"},
+    "data": {"dtype", "seed"},
+}
+CHECKPOINT_CLASSES = {"model": "mlp_torch.module.MLPModule", "data": "mlp_torch.data.MLPDataModule"}
+DEFAULT_SAVE_DIR = "."  # the logger's save_dir unless given: then runs go under default_root_dir
+
+
+def _tensorboard_init(config) -> Namespace | None:
+    """The configured TensorBoardLogger's ``init_args``, or ``None`` (no logger, or another)."""
+    logger = config.trainer.get("logger")
+    if isinstance(logger, list):
+        logger = logger[0] if len(logger) == 1 else None
+    if not isinstance(logger, Namespace) or not str(logger.get("class_path")).endswith("TensorBoardLogger"):
+        return None
+    return logger.init_args
+
+
+def _logger_under_default_root_dir(config) -> None:
+    """Lightning's convention: the logger's folder is ``default_root_dir`` unless one is given."""
+    init = _tensorboard_init(config)
+    root_dir = config.trainer.get("default_root_dir")
+    if init is not None and root_dir and str(init.save_dir) == DEFAULT_SAVE_DIR:
+        init.save_dir = str(root_dir)
+
+
+def _runs_root(config) -> Path | None:
+    init = _tensorboard_init(config)
+    return None if init is None else Path(init.save_dir) / (init.get("name") or "lightning_logs")
+
+
+def _resolve_ckpt_path(subcommand: str, config) -> Path | None:
+    """The checkpoint file ``--ckpt_path`` names (``last``, ``best``, ``hpc`` or a file), or
+    under SLURM without one the newest ``hpc_ckpt_N.ckpt`` in ``default_root_dir``."""
+    ckpt = config.get("ckpt_path")
+    root_dir = Path(config.trainer.get("default_root_dir") or ".")
+    if ckpt is None or ckpt == "hpc":
+        hpc = newest_hpc_checkpoint(root_dir)
+        if ckpt is None:
+            if hpc is not None and SLURMEnvironment.detect():
+                print(f"{PROG}: under SLURM: resuming from {hpc}", file=sys.stderr)
+                return hpc
+            return None
+        if hpc is None:
+            raise CheckpointError(
+                f"--ckpt_path hpc: no hpc_ckpt_N.ckpt in {root_dir} (--trainer.default_root_dir)"
+            )
+        return hpc
+    if ckpt not in ("last", "best"):
+        return Path(ckpt)
+    root = _runs_root(config)
+    if root is None:
         raise ValueError(
-            f"--ckpt_path {path}: not a readable checkpoint ({type(err).__name__}); "
-            "give a last.ckpt or best-*.ckpt from lightning_logs/version_N/checkpoints"
-        ) from None
-    if not isinstance(state, dict) or not any(k.startswith("net.") for k in state.get("state_dict", {})):
-        raise ValueError(f"--ckpt_path {path}: not an mlp-torch checkpoint (no network weights in it)")
-    return state
+            f"--ckpt_path {ckpt} needs the TensorBoard logger's run folders; give a checkpoint file"
+        )
+    lasts = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not lasts:
+        raise CheckpointError(
+            f"--ckpt_path {ckpt}: no run with a last.ckpt under {root} (version_*/checkpoints); "
+            "run `mlp-torch fit` first (with the same --trainer.default_root_dir) or give a checkpoint file"
+        )
+    if ckpt == "last":
+        return lasts[-1]
+    bests = sorted(lasts[-1].parent.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not bests:
+        raise CheckpointError(
+            f"--ckpt_path best: the newest run, {lasts[-1].parent.parent}, has no best*.ckpt"
+        )
+    return bests[-1]
+
+
+def _checkpoint_defaults(state: dict, ckpt: Path, parser) -> dict:
+    """The model's and the data's settings saved in a checkpoint, as parser defaults (so that the
+    command line and ``--config`` override them). Class paths must be allowed ones."""
+    where = f"--ckpt_path {ckpt}"
+    defaults = {}
+    seed = None
+    for key, saved in (
+        ("model", state.get("hyper_parameters")),
+        ("data", state.get("datamodule_hyper_parameters")),
+    ):
+        if not saved:
+            continue
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{where}: its {key} settings are not a mapping")
+        saved = {k: v for k, v in saved.items() if k != "_instantiator"}
+        class_path = saved.pop("_class_path", CHECKPOINT_CLASSES[key])
+        if class_path != CHECKPOINT_CLASSES[key]:
+            raise CheckpointError(f"{where}: its {key} class {class_path!r} is not {CHECKPOINT_CLASSES[key]}")
+        check_class_paths(saved, where)
+        seed = saved.get("seed", seed) if seed is None else seed
+        for name, value in saved.items():
+            if name in NOT_FROM_CHECKPOINT[key]:
+                continue
+            try:
+                parser.get_default(f"{key}.{name}")
+            except Exception:
+                raise CheckpointError(
+                    f"{where}: its setting {key}.{name} is not an option of mlp-torch"
+                ) from None
+            defaults[f"{key}.{name}"] = value
+    if seed is not None:
+        defaults["seed_everything"] = seed
+    return defaults
+
+
+def _check_settings(subcommand: str, config, state: dict | None) -> None:
+    """Trainer values that Lightning would only reject with a traceback, or too late."""
+    trainer = config.trainer
+    max_epochs = trainer.get("max_epochs")
+    if max_epochs is not None and (isinstance(max_epochs, bool) or max_epochs < -1 or max_epochs == 0):
+        raise ValueError(f"--trainer.max_epochs={max_epochs!r} must be an integer >= 1 (or -1: no limit)")
+    every = trainer.get("check_val_every_n_epoch")
+    if every is not None and (isinstance(every, bool) or every < 1):
+        raise ValueError(f"--trainer.check_val_every_n_epoch={every!r} must be an integer >= 1 (or null)")
+    if subcommand == "fit" and state is not None and max_epochs not in (None, -1):
+        done = _completed_epochs(state)
+        if max_epochs < done:
+            raise ValueError(
+                f"--trainer.max_epochs={max_epochs} is below the checkpoint's {done} completed epochs; "
+                f"give --trainer.max_epochs {done} or more to resume"
+            )
+
+
+def _completed_epochs(state: dict) -> int:
+    """The epochs a checkpoint has completed (it is written at the end of epoch ``epoch``)."""
+    epoch = state.get("epoch", -1)
+    return epoch + 1 if isinstance(epoch, int) else 0
+
+
+@dataclass
+class _RunPlan:
+    """Where a command writes: ``folder`` is created (``new``) or locked by ``fit``."""
+
+    folder: Path | None = None
+    new: bool = False
+    config_filename: str | None = None
+
+
+def _plan_run(subcommand: str, config, ckpt: Path | None) -> _RunPlan:
+    """Point the logger at the run folder: a checkpoint's own run (``fit`` continues it and adds
+    ``config-resume-K.yaml``; ``validate/test/predict`` write into its ``<subcommand>/``), else
+    the next ``version_N``."""
+    init, root = _tensorboard_init(config), _runs_root(config)
+    if init is None:
+        return _RunPlan()
+    run = None
+    if (
+        ckpt is not None
+        and ckpt.parent.name == "checkpoints"
+        and ckpt.parent.parent.name.startswith("version_")
+    ):
+        run = ckpt.parent.parent
+    if run is not None:
+        init.save_dir, init.name, init.version = str(run.parent.parent), run.parent.name, run.name
+        if subcommand != "fit":
+            init.sub_dir = subcommand
+            return _RunPlan()
+        resumes = len(list(run.glob("config-resume-*.yaml")))
+        return _RunPlan(run, False, f"config-resume-{resumes + 1}.yaml")
+    versions = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
+    init.version = f"version_{max(versions, default=-1) + 1}"
+    return _RunPlan(root / init.version, subcommand == "fit", None)
+
+
+class _RecordInCheckpoint(Callback):
+    """Adds settings to every checkpoint: ``{key: {name: value}}``, merged into ``checkpoint[key]``."""
+
+    def __init__(self, record: dict[str, dict]) -> None:
+        self.record = record
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        for key, values in self.record.items():
+            checkpoint.setdefault(key, {}).update(values)
 
 
 def _tensorboard() -> str:
@@ -275,6 +511,13 @@ def make_cli(args: list[str] | None, run: bool = True) -> MLPCLI:
     """The ``mlp-torch`` LightningCLI on ``args`` (``None``: ``sys.argv``). ``run=False`` only
     builds the model, data and trainer (no subcommand), as ``scripts/cv.py`` does."""
     quiet_lightning()
+    try:
+        return _make_cli(args, run)
+    except MisconfigurationException as err:  # Lightning's word for a bad trainer or callback value
+        raise ValueError(str(err)) from None
+
+
+def _make_cli(args: list[str] | None, run: bool) -> MLPCLI:
     return MLPCLI(
         MLPModule,
         MLPDataModule,

@@ -36,6 +36,8 @@ from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wi
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch import Tensor
 
+from mlp_torch.limits import check_fits_in_memory, format_bytes
+
 BUILTIN_LOADERS: dict[str, Callable] = {
     "digits": load_digits,
     "iris": load_iris,
@@ -234,8 +236,41 @@ def read_npz_splits(path: str | Path) -> tuple[np.ndarray, np.ndarray, int] | No
     return x.astype(np.float64), (y.astype(np.int64) if y.dtype.kind == "b" else y), len(xs[1])
 
 
+def npz_sizes(path: str | Path) -> dict[str, int]:
+    """The bytes each array of a .npz archive claims in its header, read without loading it."""
+    sizes = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if not name.endswith(".npy"):
+                continue
+            with archive.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = header(f)
+            sizes[name.removesuffix(".npy")] = math.prod(shape) * dtype.itemsize
+    return sizes
+
+
 def _read_arrays(path: str | Path) -> dict[str, np.ndarray]:
-    """All arrays of a .npz archive by name."""
+    """All arrays of a .npz archive by name; refused before loading if they cannot fit in memory."""
+    try:
+        sizes = npz_sizes(path) if zipfile.is_zipfile(path) else {}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(
+            f"cannot be read as a NumPy .npz archive ({err}); write it with numpy.savez"
+        ) from None
+    try:
+        check_fits_in_memory(
+            3 * sum(sizes.values()),  # the arrays, their float64 copy and the tensors
+            f"its arrays ({', '.join(f'{k}: {format_bytes(v)}' for k, v in sizes.items())})",
+            "is the file corrupt? a data set must fit in memory",
+        )
+    except ValueError as err:
+        raise DataError(str(err)) from None
     try:
         archive = np.load(path, allow_pickle=False)
         if isinstance(archive, np.ndarray):
@@ -297,6 +332,11 @@ def encode_targets(y: np.ndarray, task: str) -> tuple[str, np.ndarray, list | No
             f"such as {y[y != np.round(y)][0]}; use task='regression'"
         )
     classes, labels = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(
+            f"the target has a single class ({classes[0].item()!r} for all {len(y)} examples); "
+            "classification needs at least two: check the target column, or use task='regression'"
+        )
     return resolved, labels, [str(c) if is_text else int(c) for c in classes]
 
 
@@ -811,6 +851,8 @@ def _check_arguments(
                 f"use task='auto' or task={fixed_task!r}"
             )
     elif isinstance(dataset, str) and dataset.endswith(FILE_SUFFIXES):
+        if Path(dataset).is_dir():
+            raise DataError(f"data file {dataset!r} is a folder, not a file; give the path of the file in it")
         if not Path(dataset).is_file():
             raise DataError(
                 f"data file {dataset!r} does not exist (relative to {Path.cwd()}); check the path"

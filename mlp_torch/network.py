@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from mlp_torch.limits import check_fits_in_memory
+
 __all__ = ["INITS", "SigmoidMLP", "feedforward", "per_member", "sigmoid", "sigmoid_prime", "weighted_input"]
 
 
@@ -139,6 +141,12 @@ class SigmoidMLP(nn.Module):
     ) -> None:
         super().__init__()
         self.sizes = _check_sizes(sizes)
+        n_params = sum((n_in + 1) * n_out for n_in, n_out in zip(self.sizes, self.sizes[1:]))
+        check_fits_in_memory(
+            n_params * 8 * 4,  # float64 weights, their gradients, an optimizer buffer and a copy
+            f"a network of sizes {self.sizes} ({n_params:,} parameters)",
+            "give smaller layer sizes",
+        )
         if init not in INITS:
             raise ValueError(f"init={init!r} is not a known scheme: use one of {sorted(INITS)}")
         if (

@@ -240,17 +240,18 @@ def test_validate_test_predict_from_the_last_checkpoint(tmp_path, monkeypatch, c
     for sub in ("validate", "test"):
         assert main([sub, *common, "--ckpt_path", "last"]) == 0
     assert main(["predict", *common, "--ckpt_path", "last"]) == 0
-    written = sorted(tmp_path.glob("lightning_logs/version_*/predictions.csv"))
+    written = sorted(tmp_path.glob("lightning_logs/version_*/predict/predictions.csv"))
     assert len(written) == 1 and "predictions of the test split written to" in capsys.readouterr().out
     rows = written[0].read_text().splitlines()
     assert rows[0] == "row,predicted,target,p_setosa,p_versicolor,p_virginica" and len(rows) == 1 + 30
     assert {r.split(",")[1] for r in rows[1:]} <= {"setosa", "versicolor", "virginica"}
     capsys.readouterr()
-    # an iris checkpoint does not fit the default digits network: one line, exit 2, nothing written
+    # an iris checkpoint does not fit the digits network: one line, exit 2, nothing written
     before = sorted(tmp_path.rglob("*"))
-    assert main(["test", "--ckpt_path", "lightning_logs/version_0/checkpoints/last.ckpt"]) == 2
+    ckpt = "lightning_logs/version_0/checkpoints/last.ckpt"
+    assert main(["test", "--ckpt_path", ckpt, "--data.dataset", "digits"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "its network has sizes [4, 100, 3], the configured one [64, 100, 10]" in err
+    assert "its network has sizes [4, 100, 3] (trained on iris), the configured one [64, 100, 10]" in err
     assert sorted(tmp_path.rglob("*")) == before
 
 

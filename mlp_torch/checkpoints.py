@@ -1,0 +1,235 @@
+"""Checkpoints and run folders: read without running code, written atomically, one process per run.
+
+* :func:`read_checkpoint` is the one reader of every checkpoint ``mlp-torch`` loads, whichever way
+  it is named (``--ckpt_path FILE|last|best|hpc``, or Lightning's SLURM pickup of
+  ``hpc_ckpt_*.ckpt``): ``torch.load(weights_only=True)``, which cannot execute code.
+  :class:`AtomicCheckpointIO` routes Lightning's own loads through it, whatever ``weights_only``
+  Lightning asks for.
+* :func:`check_class_paths`: class paths taken from a checkpoint must name an optimizer of
+  :mod:`mlp_torch.optim` or :mod:`torch.optim`, or a scheduler of :mod:`torch.optim.lr_scheduler`
+  (:data:`ALLOWED_CLASS_MODULES`); nothing else is ever imported because a checkpoint says so.
+* :func:`atomic_save`: a temporary file beside the target, flushed and fsynced, then
+  ``os.replace`` onto it, so a kill at any moment leaves the old file or the new one, never a
+  partial one (Lightning's own write goes through ``TMPDIR`` and is a copy across file systems).
+* :class:`EpochCheckpoint`: ``ModelCheckpoint`` whose ``last.ckpt`` holds the latest completed
+  epoch (Lightning 2.6 rewrites it only when a new best is saved).
+* :class:`RunLock`: a run folder is locked while a process trains in it; a second one is refused
+  with the holder's pid and host.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+__all__ = [
+    "ALLOWED_CLASS_MODULES",
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "EpochCheckpoint",
+    "RunLock",
+    "RunLockedError",
+    "atomic_save",
+    "check_class_paths",
+    "newest_hpc_checkpoint",
+    "read_checkpoint",
+    "remove_stale_temp_files",
+]
+
+# module -> the base class every class taken from a checkpoint must derive from
+ALLOWED_CLASS_MODULES: dict[str, type] = {
+    "mlp_torch.optim": torch.optim.Optimizer,
+    "torch.optim": torch.optim.Optimizer,
+    "torch.optim.lr_scheduler": torch.optim.lr_scheduler.LRScheduler,
+}
+TEMP_SUFFIX = ".tmp"  # temporary files are hidden: ".<target name>.<random>.tmp"
+LOCK_FILE = ".lock"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+class RunLockedError(CheckpointError):
+    """The run folder is held by another process."""
+
+
+def read_checkpoint(path: str | Path, what: str = "--ckpt_path") -> dict[str, Any]:
+    """Load a checkpoint of this package without executing code (``weights_only=True``).
+
+    Raises :class:`CheckpointError` if it is missing, a folder, unreadable (truncated, another
+    format, pickled code) or holds no network weights (e.g. a bare ``state_dict``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{what} {path}: is a folder; give a .ckpt file in it, e.g. last.ckpt")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated file, another format, pickled code, ...
+        raise CheckpointError(
+            f"{what} {path}: not a readable checkpoint ({type(err).__name__}); "
+            "give a last.ckpt or best-*.ckpt from lightning_logs/version_N/checkpoints"
+        ) from None
+    if isinstance(state, dict) and any(str(k).startswith("net.") for k in state):
+        raise CheckpointError(
+            f"{what} {path}: holds only a state_dict (weights), not a training checkpoint; give a .ckpt "
+            "written by mlp-torch fit, or load it in Python with MLPModule(...).load_state_dict"
+        )
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise CheckpointError(f"{what} {path}: not an mlp-torch checkpoint (no network weights in it)")
+    if not any(str(k).startswith("net.") for k in state["state_dict"]):
+        raise CheckpointError(f"{what} {path}: not an mlp-torch checkpoint (no network weights in it)")
+    if "pytorch-lightning_version" not in state:
+        raise CheckpointError(
+            f"{what} {path}: has weights but no training state (no 'pytorch-lightning_version'); "
+            "give a .ckpt written by mlp-torch fit"
+        )
+    return state
+
+
+def allowed_class_path(class_path: object) -> bool:
+    """Whether ``class_path`` (``"module.Class"``) names a class of :data:`ALLOWED_CLASS_MODULES`
+    that derives from that module's base class. Nothing is imported: the modules are loaded."""
+    if not isinstance(class_path, str) or "." not in class_path:
+        return False
+    module, name = class_path.rsplit(".", 1)
+    if module not in ALLOWED_CLASS_MODULES or name.startswith("_"):
+        return False
+    if module == "mlp_torch.optim":
+        import mlp_torch.optim as where
+    else:
+        where = torch.optim if module == "torch.optim" else torch.optim.lr_scheduler
+    cls = getattr(where, name, None)
+    return isinstance(cls, type) and issubclass(cls, ALLOWED_CLASS_MODULES[module])
+
+
+def check_class_paths(value: object, where: str) -> None:
+    """Raise :class:`CheckpointError` if any ``class_path`` inside ``value`` (nested dicts and
+    lists of a checkpoint's hyper-parameters) is not allowed."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "class_path" and not allowed_class_path(item):
+                raise CheckpointError(
+                    f"{where}: class_path {item!r} is not allowed in a checkpoint (only optimizers of "
+                    "mlp_torch.optim or torch.optim and schedulers of torch.optim.lr_scheduler); "
+                    "give the class on the command line if you trust it"
+                )
+            check_class_paths(item, where)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_class_paths(item, where)
+
+
+def atomic_save(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically: a temporary file in the same folder, flushed and
+    fsynced, then ``os.replace``; the folder is fsynced too. On any error the temporary file is
+    removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)  # serialize first: the file is open only for the write
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Remove temporary checkpoint files that a killed process left in ``folder`` (call only
+    while holding the run's lock); returns them."""
+    stale = [p for p in Path(folder).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with :func:`atomic_save` for writes and :func:`read_checkpoint`
+    for every read (``weights_only=True`` whatever the caller asks: ``--weights_only false`` has
+    no effect on it, and ``mlp-torch`` refuses that option)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        atomic_save(checkpoint, path)
+
+    def load_checkpoint(
+        self, path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return read_checkpoint(path, what="checkpoint")
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that also rewrites ``last.ckpt`` at the end of every training epoch
+    (with ``save_last``), so a kill loses at most the epoch in progress. Lightning 2.6's own
+    ``save_last=True`` writes ``last.ckpt`` only together with a new best."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def newest_hpc_checkpoint(folder: str | Path) -> Path | None:
+    """``hpc_ckpt_N.ckpt`` with the largest ``N`` in ``folder`` (where Lightning writes and looks
+    for them: ``default_root_dir``), or ``None``."""
+    found = []
+    for p in Path(folder).glob("hpc_ckpt_*.ckpt"):
+        number = p.stem.removeprefix("hpc_ckpt_")
+        if number.isdigit():
+            found.append((int(number), p))
+    return max(found)[1] if found else None
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run folder>/.lock`` held until :meth:`release` or the process
+    ends (the kernel drops it even after a kill); the file names the holder (pid and host)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLockedError(
+                f"run folder {self.folder} is in use by {holder}; wait for it to finish, "
+                "or train in a new run (leave out --ckpt_path)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
