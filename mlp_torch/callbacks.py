@@ -6,6 +6,8 @@
   the rate; the checkpoints already written are kept.
 * Convergence: :class:`ConvergenceStop` stops when the change in training J between epochs stays
   below a threshold (1e-3 by default) for ``patience`` epochs, and says so.
+* Saturation: when training ends with the output sigmoids saturated at chance accuracy,
+  :class:`LearningRateDiagnostics` says so (a flat J there is not convergence).
 
 Both read ``pl_module.epoch_stats``, which :class:`mlp_torch.module.MLPModule` fills each epoch,
 and log through its ``log_epoch`` (one call per epoch for all names, unlike ``self.log``).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -23,6 +26,9 @@ from lightning.pytorch.utilities import rank_zero_only
 __all__ = ["ConvergenceStop", "LearningRateDiagnostics", "NonFiniteObjectiveError"]
 
 log = logging.getLogger(__name__)  # one plain line on stderr by default
+
+SATURATED = 0.01  # an output sigmoid within this of 0 or 1 is saturated: f'(z) < 0.01
+SATURATED_SHARE = 0.9  # the saturation warning needs this share of all outputs saturated
 
 
 class NonFiniteObjectiveError(RuntimeError):
@@ -39,22 +45,30 @@ class LearningRateDiagnostics(Callback):
             ``largest_rise``) and logged to TensorBoard. With mini-batches J wobbles by a few
             percent from epoch to epoch once training has levelled off, and a long run would
             otherwise print a line for a third or more of its epochs.
+        warn_on_saturation: when training ends, warn if at least 90% of the output sigmoids on
+            the training split are within 0.01 of 0 or 1 while the network is no better than
+            chance (or the task is regression): the gradient vanished, J stopped changing
+            without converging (e.g. a rate far too large with the quadratic cost).
     """
 
     def __init__(
-        self, warn_on_increase: bool = True, rise_tolerance: float = 0.0, max_printed: int = 10
+        self,
+        warn_on_increase: bool = True,
+        rise_tolerance: float = 0.0,
+        max_printed: int = 10,
+        warn_on_saturation: bool = True,
     ) -> None:
         if not (rise_tolerance >= 0 and math.isfinite(rise_tolerance)):
             raise ValueError(f"rise_tolerance={rise_tolerance!r} must be a finite number >= 0")
         if isinstance(max_printed, bool) or not isinstance(max_printed, int) or max_printed < 0:
             raise ValueError(f"max_printed={max_printed!r} must be an integer >= 0")
         self.warn_on_increase, self.rise_tolerance = warn_on_increase, rise_tolerance
-        self.max_printed = max_printed
+        self.max_printed, self.warn_on_saturation = max_printed, warn_on_saturation
         self.previous_J: float | None = None
         self.increases: list[str] = []
         self.largest_rise = 0.0  # the largest relative rise, (J - previous J) / previous J
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+    def _check_J(self, trainer: Trainer, pl_module: LightningModule) -> None:
         stats = pl_module.epoch_stats
         J, lr, epoch = stats["J"], stats["lr"], trainer.current_epoch
         if stats["first_nonfinite_update"] >= 0 or not math.isfinite(J):
@@ -87,11 +101,45 @@ class LearningRateDiagnostics(Callback):
                 trainer.logger.experiment.add_text("diagnostics/J_rose", msg, epoch)
         pl_module.log_epoch({"diagnostics/J_rose": float(prev is not None and J > prev)})
 
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, *args) -> None:
+        self._check_J(trainer, pl_module)
+        self._last_batch = batch  # the whole training split; looked at once, when training ends
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Warn when the output sigmoids are saturated and the network is no better than chance:
+        ``f'(z)`` is then ~0, the gradient vanishes and J stops changing without converging."""
+        batch = getattr(self, "_last_batch", None)
+        if not self.warn_on_saturation or batch is None:
+            return
+        x, y = batch[0], batch[1]  # (N, n_in), (N, n_out)
+        with torch.no_grad():
+            a = pl_module(x)  # (N, n_out)
+        saturated = float((torch.minimum(a, 1 - a) < SATURATED).float().mean())
+        if saturated < SATURATED_SHARE:
+            return
+        if pl_module.hparams.get("task") == "regression":
+            why = "a regression target lies in [0.1, 0.9], so saturated outputs cannot fit it"
+        else:
+            accuracy = float((a.argmax(dim=1) == y.argmax(dim=1)).float().mean())
+            chance = float(y.mean(dim=0).max())  # always predicting the largest class
+            if accuracy > chance + 0.05:
+                return
+            why = f"training accuracy {accuracy:.1%} is at chance ({chance:.1%})"
+        lr = pl_module.epoch_stats.get("lr", float("nan"))
+        rank_zero_only(log.warning)(
+            f"the outputs are saturated: {saturated:.0%} of the output sigmoids are within {SATURATED:g} "
+            f"of 0 or 1 and {why}; there f'(z) ~ 0, the gradient vanishes and J stops changing without "
+            f"converging. Lower the learning rate (it was {lr:g}), or use --model.cost cross_entropy"
+        )
+
     def state_dict(self) -> dict:
-        return {"previous_J": self.previous_J}
+        return {"previous_J": self.previous_J, "increases": self.increases, "largest_rise": self.largest_rise}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """A resumed run counts the J rises of the whole run, not only of the resumed part."""
         self.previous_J = state_dict["previous_J"]
+        self.increases = list(state_dict.get("increases", []))
+        self.largest_rise = state_dict.get("largest_rise", 0.0)
 
 
 class ConvergenceStop(Callback):

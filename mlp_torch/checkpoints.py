@@ -191,6 +191,13 @@ class EpochCheckpoint(ModelCheckpoint):
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The same folder named another way (relative or absolute) is the same folder."""
+        saved = state_dict.get("dirpath")
+        if saved and self.dirpath and os.path.realpath(saved) == os.path.realpath(self.dirpath):
+            state_dict = {**state_dict, "dirpath": self.dirpath}
+        super().load_state_dict(state_dict)
+
 
 def newest_hpc_checkpoint(folder: str | Path) -> Path | None:
     """``hpc_ckpt_N.ckpt`` with the largest ``N`` in ``folder`` (where Lightning writes and looks

@@ -149,7 +149,16 @@ class MLPCLI(LightningCLI):
             "hyper_parameters": {k: model.get(k) for k in ("optimizer", "lr_scheduler")},
             "datamodule_hyper_parameters": dict(data),
         }
-        self.trainer.callbacks.append(_RecordInCheckpoint(record))
+        saved = (self._checkpoint or {}).get("hyper_parameters", {}).get("optimizer") or {}
+        self.trainer.callbacks.append(_RecordInCheckpoint(record, saved.get("init_args") or {}))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:  # the run folder is free again once the command is done, however it ended
+            lock = getattr(self, "_lock", None)
+            if lock is not None:
+                lock.release()
 
     def _check_checkpoint_fits(self) -> None:
         """The checkpoint's weights must have the shapes of the configured network."""
@@ -176,6 +185,24 @@ class MLPCLI(LightningCLI):
         optimizer = self.model.optimizer_factory(dummy) if self.model.optimizer_factory else None
         if optimizer is not None and self.model.scheduler_factory is not None:
             self.model.scheduler_factory(optimizer)
+
+    def _check_monitor(self) -> None:
+        """``--checkpoint.monitor`` must be a metric the module logs (Lightning finds out only
+        after the first epoch, with a traceback)."""
+        monitor = getattr(self.trainer.checkpoint_callback, "monitor", None)
+        if monitor is None:
+            return
+        hp = self.model.hparams
+        logged = ["train/J", "train/cost", "train/l1", "train/l2", "lr", "diagnostics/J_rose", "val/J"]
+        logged.append("val/acc" if hp.task == "classification" else "val/mse")
+        logged += [f"sparsity/layer_{i}" for i in range(len(self.model.net.sizes) - 1)]
+        if hp.crosscheck_every_n_steps:
+            logged.append("gradcheck/max_rel_err")
+        if monitor not in logged:
+            raise ValueError(
+                f"--checkpoint.monitor={monitor!r} is not a metric of this run; use one of: "
+                + ", ".join(logged)
+            )
 
     def _take_run_folder(self) -> None:
         """Create (new run) or lock (resume) the run folder, now that every value was checked."""
@@ -205,6 +232,7 @@ class MLPCLI(LightningCLI):
         self._check_checkpoint_fits()
         self.model.check_world_size(self.trainer.world_size)  # before DDP starts the other processes
         self._check_optimizer()
+        self._check_monitor()
         self._take_run_folder()
         self._started = time.perf_counter()
         print0(f"data: {self.datamodule.describe()}")
@@ -343,7 +371,7 @@ def _resolve_ckpt_path(subcommand: str, config) -> Path | None:
         hpc = newest_hpc_checkpoint(root_dir)
         if ckpt is None:
             if hpc is not None and SLURMEnvironment.detect():
-                print(f"{PROG}: under SLURM: resuming from {hpc}", file=sys.stderr)
+                print(f"SLURM job: resuming from {hpc}, the newest hpc checkpoint", file=sys.stderr)
                 return hpc
             return None
         if hpc is None:
@@ -469,10 +497,22 @@ def _plan_run(subcommand: str, config, ckpt: Path | None) -> _RunPlan:
 
 
 class _RecordInCheckpoint(Callback):
-    """Adds settings to every checkpoint: ``{key: {name: value}}``, merged into ``checkpoint[key]``."""
+    """Adds settings to every checkpoint: ``{key: {name: value}}``, merged into ``checkpoint[key]``.
+    On a resume, optimizer settings given now that differ from the checkpoint's (``saved``) replace
+    the restored ones in the optimizer's parameter groups: the command line wins there too."""
 
-    def __init__(self, record: dict[str, dict]) -> None:
-        self.record = record
+    def __init__(self, record: dict[str, dict], saved: dict) -> None:
+        self.record, self.saved = record, saved
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not self.saved or self.record["hyper_parameters"].get("lr_scheduler"):
+            return  # a fresh run, or a scheduler that owns the rate
+        given = (self.record["hyper_parameters"].get("optimizer") or {}).get("init_args") or {}
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                for name, value in given.items():
+                    if name in group and name in self.saved and value != self.saved[name]:
+                        group[name] = value
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         for key, values in self.record.items():
