@@ -217,7 +217,8 @@ def kill_during_a_write(cwd, env, epochs, attempts=6):
         )
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            if folder.is_dir() and any(n.endswith(".tmp") for n in os.listdir(folder)):
+            names = os.listdir(folder) if folder.is_dir() else []
+            if "last.ckpt" in names and any(n.endswith(".tmp") for n in names):  # rewriting last.ckpt
                 proc.send_signal(signal.SIGKILL)
                 break
         proc.wait()
