@@ -77,8 +77,9 @@ class MLPCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         """Parse, then resolve and read ``--ckpt_path`` before anything is built or written.
 
-        ``last`` means the newest ``last.ckpt`` under the logger's folder; ``fit`` then keeps
-        logging into that run's version folder (Lightning alone would look only in a new one).
+        ``last`` means the newest ``last.ckpt`` under the logger's folder, ``best`` that run's
+        checkpoint with the lowest ``val/J``; ``fit`` then keeps logging into that run's version
+        folder (Lightning alone would look only in a new one).
         The file is read without executing code; LightningCLI then takes the model's
         hyper-parameters from it.
         """
@@ -86,19 +87,19 @@ class MLPCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
         ckpt = config.get("ckpt_path") if config else None
-        if ckpt is None or ckpt in ("best", "hpc"):
+        if ckpt is None or ckpt == "hpc":
             return
-        if ckpt == "last":
+        if ckpt in ("last", "best"):
             init = getattr(config.trainer.logger, "init_args", None)
             root = Path(init.save_dir) / (init.get("name") or "lightning_logs") if init else None
             root = root or Path(config.trainer.default_root_dir or ".") / "lightning_logs"
             found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
             if not found:
                 raise ValueError(
-                    f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints; "
+                    f"--ckpt_path {ckpt}: no last.ckpt under {root}/version_*/checkpoints; "
                     "run `mlp-torch fit` first or give a checkpoint file"
                 )
-            config.ckpt_path = ckpt = str(found[-1])
+            config.ckpt_path = ckpt = str(found[-1] if ckpt == "last" else best_checkpoint_beside(found[-1]))
             if subcommand == "fit" and init:
                 init.version = found[-1].parent.parent.name
         self._checkpoint = read_checkpoint(ckpt)
@@ -262,6 +263,20 @@ def write_predictions(path: Path, outputs: torch.Tensor, dm: MLPDataModule) -> N
             writer.writerow(["row", *(f"predicted_{j}" for j in k), *(f"target_{j}" for j in k)])
             for r, p, t in zip(rows, outputs.tolist(), target.tolist()):
                 writer.writerow([r, *(f"{v:.6g}" for v in p), *(f"{v:.6g}" for v in t)])
+
+
+def best_checkpoint_beside(last: Path) -> Path:
+    """The best checkpoint (lowest ``val/J``) of the run whose ``last.ckpt`` is ``last``: its
+    ModelCheckpoint state records it."""
+    state = read_checkpoint(str(last))
+    for key, value in state.get("callbacks", {}).items():
+        recorded = value.get("best_model_path") if key.startswith("ModelCheckpoint") else None
+        if recorded and (last.parent / Path(recorded).name).is_file():
+            return last.parent / Path(recorded).name
+    raise FileNotFoundError(
+        f"--ckpt_path best: {last} names no best checkpoint beside it (was val/J monitored?); "
+        "give a checkpoint file or use --ckpt_path last"
+    )
 
 
 def read_checkpoint(path: str) -> dict:
