@@ -221,6 +221,7 @@ def run_hparams(trainer: Trainer, model: MLPModule, dm: MLPDataModule) -> dict[s
     return {k: v if isinstance(v, scalar) else str(v) for k, v in hp.items() if not k.startswith("_")}
 
 
+@rank_zero_only  # the other processes' loggers write nothing
 def log_hparams(logger: TensorBoardLogger, hp: dict, metrics: dict[str, float]) -> None:
     """The run's hyper-parameters and final metrics for the HParams tab.
 
