@@ -255,16 +255,14 @@ class MLPCLI(LightningCLI):
         fit_metrics = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
         }
+        hp = run_hparams(trainer, model, self.datamodule)
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") or None
         results = trainer.test(model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
         metrics = results[0] if results else {}
-        hp = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in model.hparams.items()}
-        hp = {k: v for k, v in hp.items() if not k.startswith("_")}  # not LightningCLI's internals
-        hp.update(model.optimizer_hparams())
         if isinstance(trainer.logger, TensorBoardLogger):
             final = {f"hp/{k.replace('/', '_')}": float(v) for k, v in {**fit_metrics, **metrics}.items()}
-            trainer.logger.log_hyperparams(hp, metrics=final)
+            log_hparams(trainer.logger, hp, final)
             trainer.logger.finalize("success")
         log_dir = trainer.log_dir or "."
         lines = ["", "mlp-torch fit: done"]
@@ -301,6 +299,47 @@ class MLPCLI(LightningCLI):
         path = Path(self.trainer.log_dir or ".") / "predictions.csv"
         write_predictions(path, outputs, self.datamodule)
         print(f"mlp-torch predict: {len(outputs)} predictions of the test split written to {path}")
+
+
+DATA_HPARAMS = ("dataset", "target", "scaling", "val_fraction", "test_fraction", "n_samples", "noise",
+                "cv_folds", "cv_fold")  # fmt: skip
+
+
+def run_hparams(trainer: Trainer, model: MLPModule, dm: MLPDataModule) -> dict[str, int | float | str | bool]:
+    """What tells runs apart, for TensorBoard's HParams tab: the model's settings (``seed`` too),
+    the optimizer and the learning-rate schedule with their settings, the data set and how it is
+    split and scaled, ``max_epochs`` and the convergence stop."""
+    hp = {k: v for k, v in model.hparams.items() if not k.startswith("_")}  # not LightningCLI's
+    hp.update(model.optimizer_hparams())
+    scheduler = model.lr_schedulers()
+    hp["lr_scheduler"] = type(scheduler).__name__ if scheduler is not None else "None"
+    if scheduler is not None:
+        settings = scheduler.state_dict()  # e.g. gamma; not its counters
+        hp.update({f"lr_scheduler.{k}": v for k, v in settings.items() if k not in ("last_epoch", "verbose")})
+    hp.update({name: getattr(dm, name) for name in DATA_HPARAMS})
+    hp["max_epochs"] = trainer.max_epochs
+    convergence = next(c for c in trainer.callbacks if isinstance(c, ConvergenceStop))
+    hp.update({f"convergence.{k}": getattr(convergence, k) for k in ("enabled", "threshold", "patience")})
+    scalar = (int, float, str, bool)
+    return {k: v if isinstance(v, scalar) else str(v) for k, v in hp.items() if not k.startswith("_")}
+
+
+@rank_zero_only  # the other processes' loggers write nothing
+def log_hparams(logger: TensorBoardLogger, hp: dict, metrics: dict[str, float]) -> None:
+    """The run's hyper-parameters and final metrics for the HParams tab.
+
+    No experiment summary is written: TensorBoard takes the hparam and metric lists of the first
+    run that has one for all runs (another task's metrics then go missing, and no hparam
+    "differs"); without one it builds both lists from all runs, as the tab should.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    logger.log_metrics(metrics)
+    _, start, end = hparams(hp, metrics)
+    writer = logger.experiment._get_file_writer()
+    writer.add_summary(start)
+    writer.add_summary(end)
+    logger.hparams.update(hp)  # hparams.yaml
 
 
 def write_predictions(path: Path, outputs: torch.Tensor, dm: MLPDataModule) -> None:

@@ -74,3 +74,20 @@ def test_split_rows_partition_the_data_set_and_index_it(folds):
     for split in ("train", "val", "test"):
         labels, index = getattr(dm, f"labels_{split}"), getattr(dm, f"rows_{split}")
         assert torch.equal(labels, torch.as_tensor(load_wine().target)[index])
+
+
+def test_predict_from_the_best_checkpoint(tmp_path):
+    def run(*args):
+        cmd = [sys.executable, "-m", "mlp_torch.command", *args, "--data.dataset", "iris", *QUIET]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout + proc.stderr
+
+    # a rate far too large: val/J is lowest before the last epoch (seed 0), so best != last
+    out = run("fit", "--trainer.max_epochs", "8", "--model.optimizer.lr", "30")
+    best = re.search(r"tested\s+best checkpoint \S*(best-epoch=\d+\.ckpt)", out).group(1)
+    assert best != "best-epoch=7.ckpt"
+    out = run("predict", "--ckpt_path", "best")
+    loaded = rf"Loaded model weights from the checkpoint at \S*version_0/checkpoints/{best}"
+    assert re.search(loaded, out), out
+    assert "predictions of the test split written to" in out
