@@ -28,10 +28,13 @@ import lightning.pytorch as L
 import torch
 from torch import Tensor
 
-from mlp_torch.backprop import backprop, objective_terms
+from mlp_torch.backprop import objective_terms
+from mlp_torch.costs import COSTS, is_off, l1_grad
 from mlp_torch.data import epoch_permutation, from_unit_range
+from mlp_torch.fused import fused_backprop
 from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule
-from mlp_torch.optim import GradientDescent, HeavyBall, Momentum
+from mlp_torch.network import feedforward, per_member
+from mlp_torch.optim import GradientDescent, HeavyBall, Momentum, _add_scaled
 from mlp_torch.stacked import StackedMLP
 
 __all__ = ["Convergence", "MemberStatus", "SweepModule"]
@@ -191,71 +194,104 @@ class SweepModule(L.LightningModule):
         members = torch.arange(self.n_members, device=x.device)[:, None]  # (K, 1)
         return x[members, order], y[members, order]
 
-    def _gradients(self, x: Tensor, y: Tensor, scale: float, penalties: bool) -> tuple[Tensor, list[Tensor]]:
-        """``(terms (4, K): J, cost, l1, l2; grads ordered as net.parameters())`` on one batch or
-        chunk, the cost scaled by ``scale``, the penalties only if ``penalties``."""
-        kw = dict(
-            cost=self.shared["cost"], l1=self.l1 if penalties else 0.0, l2=self.l2 if penalties else 0.0
-        )
-        weights, biases = self.net.weights, self.net.biases
+    def _data_gradient(self, x: Tensor, y: Tensor, scale: float, grads: list[Tensor], z_out: Tensor) -> None:
+        """The gradient of each member's ``scale * sum_i C_i`` into ``grads`` (ordered as
+        ``net.parameters()``), each example's ``z_L`` into ``z_out`` ``(K, n, n_out)``."""
+        weights, biases, cost = self.net.weights, self.net.biases, self.shared["cost"]
+        L_ = len(weights)
         if self.shared["grad_source"] == "manual":
-            bp = backprop(weights, biases, x, y, scale=scale, **kw)
-            return torch.stack((bp.J, bp.cost, bp.l1, bp.l2)), [*bp.grad_W, *bp.grad_b]
+            fused_backprop(weights, biases, x, y, grads[:L_], grads[L_:], cost=cost, scale=scale, z_out=z_out)
+            return
         with torch.enable_grad():  # members are independent: the sum's gradient is each one's
-            terms = objective_terms(weights, biases, x, y, scale=scale, **kw)
-            grads = torch.autograd.grad(terms["J"].sum(), [*weights, *biases])
-        return torch.stack([terms[k].detach() for k in ("J", "cost", "l1", "l2")]), list(grads)
+            zs, activations = feedforward(weights, biases, x)
+            data = scale * COSTS[cost].fn(zs[-1], activations[-1], y).sum()
+            torch._foreach_copy_(grads, torch.autograd.grad(data, [*weights, *biases]))
+        z_out.copy_(zs[-1])
 
-    def _update(self, opt, x: Tensor, y: Tensor, scale: float, chunk: int) -> Tensor:
-        """One optimizer step of every active member; returns the batch's ``(4, K)`` terms."""
-        terms, totals = None, None
-        for start in range(0, x.shape[-2], chunk):
-            t, grads = self._gradients(
-                x[..., start : start + chunk, :],
-                y[..., start : start + chunk, :],
-                scale,
-                penalties=start == 0,
-            )
-            terms = t if terms is None else terms + t
-            totals = grads if totals is None else [a + b for a, b in zip(totals, grads)]
-        params = [*self.net.weights, *self.net.biases]
-        for p, g in zip(params, totals):
-            p.grad = g if self.all_active else torch.where(self._mask(p), g, 0.0)
-        opt.step()
-        return terms
+    def _batch_gradient(self, x: Tensor, y: Tensor, scale: float, chunk: int, z_out: Tensor) -> None:
+        """Each member's ``dJ/dp`` on the batch ``(x, y)`` into ``self.grads``: the cost's gradient
+        summed over chunks of ``chunk`` examples, then the penalties' gradient, once."""
+        n = x.shape[-2]
+        part = self.grads if chunk >= n else [torch.empty_like(g) for g in self.grads]
+        for start in range(0, n, chunk):
+            rows = slice(start, start + chunk)
+            into = self.grads if start == 0 else part
+            self._data_gradient(x[..., rows, :], y[..., rows, :], scale, into, z_out[:, rows])
+            if start:
+                torch._foreach_add_(self.grads, part)
+        for W, g in zip(self.net.weights, self.grads):
+            if not is_off(self.l1):
+                g.add_(l1_grad(W, self.l1))
+            if not is_off(self.l2):
+                _add_scaled(g, W, 2 * per_member(self.l2, W))  # + l2_grad(W) = 2 l2 W, in one op
 
     def _mask(self, p: Tensor) -> Tensor:
+        """The active members, ``(K, 1, ...)`` to broadcast over ``p``."""
         return self.active.view(-1, *([1] * (p.dim() - 1)))
+
+    def _penalty_sums(self, out: Tensor) -> None:
+        """Each member's ``sum |w|`` and ``sum w^2`` over all its weights into ``out`` ``(2, K)``
+        (when that penalty is on)."""
+        flat = [W.flatten(1) for W in self.net.weights]  # (K, out * in) views
+        if not is_off(self.l1):
+            torch.sum(torch.stack([torch.linalg.vector_norm(w, 1, dim=1) for w in flat]), 0, out=out[0])
+        if not is_off(self.l2):
+            torch.sum(torch.stack([torch.linalg.vecdot(w, w) for w in flat]), 0, out=out[1])
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch  # the training split, (N, n_in) shared or (K, N, n_in) one per member
         N, K = x.shape[-2], self.n_members
-        mean = self.shared["reduction"] == "mean"
         full = self.shared["batch_size"] == "full"
         size = N if full else min(self.shared["batch_size"], N)
-        xs, ys = (x, y) if full else self._shuffled(x, y)
-        starts = range(0, N, size)
         chunk = self.shared["chunk_size"] or size
+        xs, ys = (x, y) if full else self._shuffled(x, y)
+        params = list(self.net.parameters())
+        self.grads = [torch.zeros_like(p) for p in params] if not hasattr(self, "grads") else self.grads
+        for p, g in zip(params, self.grads):
+            p.grad = g
         self.all_active = bool(self.active.all())
-        before = [p.detach().clone() for p in self.net.parameters()]  # a diverging member returns here
-        js = torch.empty(len(starts), K, dtype=x.dtype, device=x.device)  # J of every update
-        cost = torch.zeros(K, dtype=x.dtype, device=x.device)
-        penalty = torch.zeros(2, K, dtype=x.dtype, device=x.device)
-        opt = self.optimizers()
-        for k, start in enumerate(starts):
-            xb, yb = xs[..., start : start + size, :], ys[..., start : start + size, :]
-            b = xb.shape[-2]
-            J, c, p1, p2 = self._update(opt, xb, yb, 1.0 / b if mean else 1.0, chunk)
-            js[k] = J
-            cost += c * b / N if mean else c  # each example's cost once, reduced over all N
-            penalty += torch.stack((p1, p2)) / len(starts)
-        self.train_terms = torch.stack((cost + penalty.sum(0), cost, penalty[0], penalty[1]))  # (4, K)
-        finite = torch.isfinite(js)  # (updates, K)
-        diverged = self.active & ~finite.all(0)
+        before = [p.detach().clone() for p in params]  # a diverging member returns here
+        z_out = x.new_empty(K, N, y.shape[-1])  # (K, N, n_out): each example's z_L at its update
+        starts = range(0, N, size)
+        sums = x.new_zeros(len(starts), 2, K)  # sum |w| and sum w^2 at each update's weights
+        opt = self.optimizers(use_pl_optimizer=False)
+        step = getattr(opt, "update", opt.step)  # mlp_torch.optim's update: no hooks, no profiler record
+        mean = self.shared["reduction"] == "mean"
+        with torch.no_grad():
+            for k, start in enumerate(starts):
+                rows = slice(start, start + size)
+                xb, yb = xs[..., rows, :], ys[..., rows, :]
+                self._penalty_sums(sums[k])
+                self._batch_gradient(xb, yb, 1.0 / xb.shape[-2] if mean else 1.0, chunk, z_out[:, rows])
+                if not self.all_active:
+                    for p, g in zip(params, self.grads):
+                        g.masked_fill_(~self._mask(p), 0.0)  # frozen members take no step
+                step()
+            self.train_terms, js = self._epoch_objective(z_out, ys, size, sums)
+        finite = torch.isfinite(js)  # (K, updates)
+        diverged = self.active & ~finite.all(1)
         if bool(diverged.any()):
-            first_bad = (~finite).int().argmax(0).tolist()  # each member's first non-finite update
+            first_bad = (~finite).int().argmax(1).tolist()  # each member's first non-finite update
             for k in diverged.nonzero().flatten().tolist():
                 self._diverged(k, first_bad[k] + 1, len(starts), opt, before)
+
+    def _epoch_objective(self, z: Tensor, y: Tensor, size: int, sums: Tensor) -> tuple[Tensor, Tensor]:
+        """Each member's epoch ``(J, cost, l1, l2)`` ``(4, K)`` (as :class:`MLPModule` logs them)
+        and the ``J`` of each update ``(K, updates)``, from each example's ``z_L`` ``(K, N, n_out)``
+        and the penalties' sums ``(updates, 2, K)``."""
+        N = z.shape[1]
+        costs = COSTS[self.shared["cost"]].fn(z, torch.sigmoid(z), y)  # (K, N): C_i where used
+        which = torch.arange(N, device=z.device) // size  # (N,): the update each example fed
+        per_update = costs.new_zeros(z.shape[0], sums.shape[0]).index_add_(1, which, costs)  # (K, U)
+        mean = self.shared["reduction"] == "mean"
+        if mean:
+            per_update = per_update / torch.bincount(which)
+        weights = [self.l1, self.l2]
+        weights = [w[:, None] if isinstance(w, Tensor) else w for w in weights]
+        penalties = torch.stack([sums[:, 0].T * weights[0], sums[:, 1].T * weights[1]])  # (2, K, U)
+        cost = costs.sum(1) / N if mean else costs.sum(1)  # (K,)
+        l1, l2 = penalties.mean(dim=2)  # (K,) each
+        return torch.stack((cost + l1 + l2, cost, l1, l2)), per_update + penalties.sum(0)
 
     def _diverged(self, k: int, update: int, updates: int, opt, before: list[Tensor]) -> None:
         with torch.no_grad():
