@@ -41,7 +41,7 @@ from mlp_torch.callbacks import ConvergenceStop
 from mlp_torch.data import Batch, MLPDataModule, _one_batch_loader
 from mlp_torch.sweep_module import Convergence, SweepModule
 
-__all__ = ["Grid", "StackedData", "build_sweep", "parse_grid", "sweep_main"]
+__all__ = ["Grid", "StackedData", "build_sweep", "parse_grid", "speed_ratios", "sweep_main"]
 
 SPLITS = ("train", "val", "test")
 
@@ -428,3 +428,51 @@ def sweep_main(args: list[str]) -> int:
     print(f"sweep: {len(sweep.names)} members of {sweep.data.datamodules[0].describe()}")
     run_sweep(sweep)
     return 0
+
+
+# ---- speed: a sweep against one fit (scripts/benchmark.py calls this) ---------------------------
+
+SPEED_GRIDS = {  # 32 members of the default network, data, batch size and epochs
+    "shared seed": [
+        "model.optimizer.lr=[1, 2, 3, 5]",
+        "model.optimizer.alpha=[0.5, 0.9]",
+        "model.l2=[0, 1e-4, 3e-4, 1e-3]",
+    ],  # fmt: skip
+    "own seed": ["seed_everything=[" + ", ".join(str(s) for s in range(32)) + "]"],
+}
+
+
+def speed_ratios(
+    args: list[str] | None = None, grids: dict[str, list[str]] | None = None
+) -> dict[str, float]:
+    """Wall time of the training phase (``Trainer.fit``, not process start-up) of one
+    ``mlp-torch fit ARGS`` and of each sweep of ``grids`` (default :data:`SPEED_GRIDS`) on the same
+    ARGS, measured one after the other in this process, and each sweep's ratio to the fit.
+
+    Returns ``{"fit": s, "shared seed": s, "shared seed ratio": r, ...}``.
+    """
+    import tempfile
+
+    from mlp_torch.cli import make_cli
+
+    args = [*(args or []), "--trainer.enable_progress_bar", "false"]
+    grids = SPEED_GRIDS if grids is None else grids
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        with _quiet("lightning.pytorch", "lightning.fabric"):
+            cli = make_cli(
+                [*args, "--trainer.default_root_dir", tmp, "--trainer.logger.save_dir", tmp], run=False
+            )
+        started = time.perf_counter()
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        out["fit"] = time.perf_counter() - started
+        out["fit epochs"] = cli.trainer.current_epoch
+        for name, specs in grids.items():
+            sweep = build_sweep(args, parse_grid(specs), Path(tmp) / name.replace(" ", "_"))
+            started = time.perf_counter()
+            sweep.trainer.fit(sweep.module, datamodule=sweep.data)
+            out[name] = time.perf_counter() - started
+            out[f"{name} members"] = len(sweep.names)
+            out[f"{name} epochs"] = sweep.trainer.current_epoch
+            out[f"{name} ratio"] = out[name] / out["fit"]
+    return out
