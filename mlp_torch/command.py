@@ -27,6 +27,7 @@ SUBCOMMANDS = {  # name -> what it does, as the top-level help lists it
     "test": "evaluate a checkpoint (--ckpt_path) on the held-out test split",
     "predict": "write a checkpoint's predictions for the test split to predictions.csv",
     "gradcheck": "check hand-written backprop against autograd and finite differences",
+    "sweep": "train a grid of fit settings at once (--grid KEY=[v1, v2, ...]), table sorted by val",
 }
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 HELP = f"""usage: {PROG} [-h] {{{",".join(SUBCOMMANDS)}}} ...
@@ -45,6 +46,7 @@ examples:
   {PROG} fit --config configs/xor.yaml        a shipped config (configs/)
   {PROG} predict --ckpt_path last             predictions of the newest run's last checkpoint
   {PROG} gradcheck --cost cross_entropy       the three-way gradient check
+  {PROG} sweep --grid "model.optimizer.lr=[0.3, 1, 3]" --grid "seed_everything=[0, 1]"
 """
 
 
@@ -123,6 +125,10 @@ def _run(args: list[str], from_command_line: bool) -> int:
         return 0
     if args[0] == "gradcheck":
         return _gradcheck_cli(args[1:])
+    if args[0] == "sweep":
+        from mlp_torch.sweep import sweep_main  # imports Lightning
+
+        return sweep_main(args[1:])
     if args[0] not in LIGHTNING_SUBCOMMANDS and not args[0].startswith("-"):
         raise ArgumentError(
             None, f"unknown subcommand {args[0]!r}: use one of {', '.join(SUBCOMMANDS)} (see {PROG} --help)"

@@ -16,6 +16,11 @@ penalties' gradients per layer            left to the caller (one op on all weig
 new tensors for every gradient            written into the caller's ``grad_W``, ``grad_b``
 ========================================  ===============================================
 
+Stacked members (see :mod:`mlp_torch.network`; a sweep trains them) take the same lines:
+weights ``(K, out, in)``, biases ``(K, out)``, gradients written into ``(K, ...)`` buffers;
+``torch.baddbmm`` for ``addmm`` and batched products for ``mm``, and when all members see one
+input the first layer of all of them is one ``addmm``.
+
 Scaling ``delta_L`` by ``s`` rather than each gradient is exact in real arithmetic (every later
 delta and gradient is linear in ``delta_L``) and differs by rounding only; ``tests/test_fused.py``
 checks that both give the same gradients in float64 to a relative 1e-12.
@@ -58,19 +63,31 @@ def fused_backprop(
         cost: a name in :data:`mlp_torch.costs.COSTS`; scale: ``s``, each example's weight.
         z_out: optional ``(n, n_L)`` buffer for the output layer's ``z_L``.
     """
-    activations = [x]  # a_0 = x, a_1, ..., a_L, each (n, n_l)
+    activations = [x]  # a_0 = x, a_1, ..., a_L, each (n, n_l) (or (K, n, n_l))
     last = len(weights) - 1
     for W, b in zip(weights[:last], biases[:last]):
-        activations.append(torch.sigmoid(torch.addmm(b, activations[-1], W.T)))  # (n, n_l)
-    z = torch.addmm(biases[last], activations[-1], weights[last].T, out=z_out)  # (n, n_L): z_L
+        activations.append(torch.sigmoid(_weighted_input(W, activations[-1], b, None)))  # (n, n_l)
+    z = _weighted_input(weights[last], activations[-1], biases[last], z_out)  # (n, n_L): z_L
     activations.append(torch.sigmoid(z))  # (n, n_L)
     delta = COSTS[cost].delta(z, activations[-1], y)  # (n, n_L)
     if scale != 1.0:
         delta = delta * scale  # s delta_L: every later delta and gradient carries s
-    ones = x.new_ones(x.shape[0])  # (n,): sum over examples as a matrix-vector product, far faster
+    ones = x.new_ones(x.shape[-2])  # (n,): sum over examples as a matrix-vector product, far faster
     for i in range(last, -1, -1):
-        torch.mm(delta.T, activations[i], out=grad_W[i])  # (n_l, n) @ (n, n_{l-1})
-        torch.mv(delta.T, ones, out=grad_b[i])  # (n_l,) = sum_i delta_i
+        torch.matmul(delta.mT, activations[i], out=grad_W[i])  # (n_l, n) @ (n, n_{l-1})
+        torch.matmul(delta.mT, ones, out=grad_b[i])  # (n_l,) = sum_i delta_i
         if i:
             delta = torch.ops.aten.sigmoid_backward(delta @ weights[i], activations[i])  # (n, n_{l-1})
     return z
+
+
+def _weighted_input(W: Tensor, a: Tensor, b: Tensor, out: Tensor | None) -> Tensor:
+    """``z = b + a W^T`` in one op, ``(n, out)`` or ``(K, n, out)``, written into ``out`` if given."""
+    if W.dim() == 2:
+        return torch.addmm(b, a, W.T, out=out)
+    if a.dim() == 3:
+        return torch.baddbmm(b.unsqueeze(-2), a, W.mT, out=out)  # (K, n, out)
+    K, n_out, n_in = W.shape  # members share the input a (n, in): one product for all of them
+    z = torch.addmm(b.reshape(K * n_out), a, W.reshape(K * n_out, n_in).T)  # (n, K * out)
+    z = z.view(a.shape[0], K, n_out).transpose(0, 1)  # (K, n, out)
+    return z if out is None else out.copy_(z)

@@ -56,6 +56,11 @@ def _check_alpha(alpha: float | Tensor) -> None:
             raise ValueError(f"Invalid momentum alpha: {v} (must be a number with 0 <= alpha < 1)")
 
 
+def _add_scaled(t: Tensor, x: Tensor, c: float | Tensor) -> Tensor:
+    """``t += c * x`` in place, in one pass, for a number ``c`` or a per-member tensor."""
+    return t.addcmul_(x, c) if isinstance(c, Tensor) else t.add_(x, alpha=c)
+
+
 class _NotesOptimizer(Optimizer):
     """What the optimizers below share: argument checks, the closure, the loop over grads."""
 
@@ -116,7 +121,7 @@ class GradientDescent(_NotesOptimizer):
         super().__init__(params, {"lr": lr})
 
     def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
-        p.sub_(per_member(group["lr"], p) * grad)  # w <- w - lr * g
+        _add_scaled(p, grad, -per_member(group["lr"], p))  # w <- w - lr * g
 
 
 class Momentum(_NotesOptimizer):
@@ -168,8 +173,8 @@ class Momentum(_NotesOptimizer):
         if "dw" not in state:
             state["dw"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # dw(-1) = 0
         dw = state["dw"]
-        dw_bp = grad * -lr  # dw_bp(m) = -lr * g(m)
-        dw.mul_(alpha).add_((1 - alpha) * dw_bp)  # dw(m) = (1 - alpha) dw_bp(m) + alpha dw(m-1)
+        # dw(m) = alpha dw(m-1) + (1 - alpha) dw_bp(m), with dw_bp(m) = -lr g(m)
+        _add_scaled(dw.mul_(alpha), grad, (alpha - 1) * lr)
         p.add_(dw)  # w(m+1) = w(m) + dw(m)
 
 
@@ -211,6 +216,6 @@ class HeavyBall(_NotesOptimizer):
         v = state["velocity"]
         v.mul_(alpha).add_(grad)  # v(m) = alpha v(m-1) + g(m)
         if group["nesterov"]:
-            p.sub_(lr * (grad + alpha * v))  # w <- w - lr (g + alpha v)
+            _add_scaled(p, grad + alpha * v, -lr)  # w <- w - lr (g + alpha v)
         else:
-            p.sub_(lr * v)  # w <- w - lr v
+            _add_scaled(p, v, -lr)  # w <- w - lr v

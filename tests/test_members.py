@@ -141,3 +141,20 @@ def test_per_member_rates_are_checked_one_by_one():
         GradientDescent([W], lr=torch.tensor([0.5, -1.0]))
     with pytest.raises(ValueError, match="Invalid momentum alpha: 1.0"):
         Momentum([W], lr=torch.tensor([0.5, 1.0]), alpha=torch.tensor([0.5, 1.0]))
+
+
+@pytest.mark.parametrize("sizes", [[3, 2], [4, 5, 3], [3, 4, 5, 2]], ids=str)
+@pytest.mark.parametrize("shared_x", [True, False], ids=["shared_x", "own_x"])
+@pytest.mark.parametrize("cost", ["quadratic", "cross_entropy"])
+def test_stacked_fused_backprop_equals_the_readable_one(sizes, shared_x, cost):
+    from mlp_torch.fused import fused_backprop
+
+    _, weights, biases, x, y = stacked_problem(sizes, 5, shared_x, cost == "cross_entropy")
+    bp = backprop(weights, biases, x, y, cost=cost, scale=0.2)
+    grad_W, grad_b = [torch.empty_like(W) for W in weights], [torch.empty_like(b) for b in biases]
+    z_out = torch.empty(K, 5, sizes[-1], dtype=torch.float64)
+    z = fused_backprop(weights, biases, x, y, grad_W, grad_b, cost=cost, scale=0.2, z_out=z_out)
+    assert z is z_out
+    torch.testing.assert_close(z_out, feedforward(weights, biases, x)[0][-1], rtol=1e-13, atol=1e-15)
+    for fused, readable in zip(grad_W + grad_b, bp.grad_W + bp.grad_b):
+        assert relative_error(fused, readable) <= 1e-12

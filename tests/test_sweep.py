@@ -1,0 +1,147 @@
+"""`mlp-torch sweep`: each member equals its own `mlp-torch fit`, a diverging member is frozen
+while the others finish, the grid's bad input is one line and exit 2. Real runs, float64."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mlp_torch.cli import main, make_cli
+from mlp_torch.sweep import parse_grid
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+IRIS = ["--data.dataset", "iris", "--model.dtype", "float64", "--model.hidden_sizes", "[5]", *QUIET]
+
+
+def fit_weights(args: list[str], folder: Path) -> dict[str, torch.Tensor]:
+    """The weights at the end of training of `mlp-torch fit ARGS` (built by the same CLI; read
+    from the module: Lightning writes last.ckpt only in epochs where val/J improved)."""
+    cli = make_cli([*args, "--trainer.default_root_dir", str(folder), "--trainer.logger", "false"], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return {f"net.{k}": v for k, v in cli.model.net.state_dict().items()}
+
+
+def assert_same_weights(sweep_ckpt: Path, theirs: dict[str, torch.Tensor], rtol: float = 0.0) -> None:
+    ours = torch.load(sweep_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=rtol, atol=1e-10, msg=name)
+
+
+def test_each_member_equals_its_own_fit(tmp_path, monkeypatch, capsys):
+    """2 rates x 3 seeds (own split, own weights, own shuffle order), momentum, L2, mini-batches."""
+    monkeypatch.chdir(tmp_path)
+    args = [*IRIS, "--model.batch_size", "16", "--trainer.max_epochs", "4", "--convergence.enabled", "false"]
+    grid = ["--grid", "model.optimizer.lr=[0.5, 2]", "--grid=seed_everything=[0, 1, 2]"]
+    assert main(["sweep", *args, *grid, "--sweep_dir", "sw"]) == 0
+    out = capsys.readouterr().out
+    names = [f"lr={lr},seed_everything={seed}" for lr in (0.5, 2) for seed in (0, 1, 2)]
+    with open(tmp_path / "sw" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["member"] for r in rows) == sorted(names)
+    accs = [float(r["val/acc"]) for r in rows]
+    assert accs == sorted(accs, reverse=True)  # best first
+    assert rows[0]["test/acc"] and not any(r["test/acc"] for r in rows[1:])  # test figures of the best only
+    assert "best" in out and "not used to choose" in out and rows[0]["member"] in out
+    for lr in (0.5, 2):
+        for seed in (0, 1, 2):
+            name = f"lr={lr},seed_everything={seed}"
+            alone = fit_weights(
+                [*args, "--model.optimizer.lr", str(lr), "--seed_everything", str(seed)], tmp_path / name
+            )
+            assert_same_weights(tmp_path / "sw" / name / "checkpoints" / "last.ckpt", alone)
+    # one TensorBoard run per member, named by its settings, with its J curve
+    events = EventAccumulator(str(tmp_path / "sw" / names[0]))
+    events.Reload()
+    assert {"train/J", "val/J", "val/acc"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/J")] == [0, 1, 2, 3]
+
+
+def test_a_member_rerun_from_its_config_is_that_member(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = [*IRIS, "--model.batch_size", "full", "--trainer.max_epochs", "3"]
+    assert main(["sweep", *args, "--grid", "model.l2=[0, 0.01]", "--sweep_dir", "sw"]) == 0
+    member = tmp_path / "sw" / "l2=0.01"
+    assert_same_weights(
+        member / "checkpoints" / "last.ckpt", fit_weights(["--config", str(member / "config.yaml")], tmp_path)
+    )
+
+
+def test_a_diverging_member_is_frozen_while_the_others_finish(tmp_path, monkeypatch, capsys):
+    """lr 1e15 makes J non-finite (`fit` stops with exit 1); the sweep keeps that member at its
+    weights from before the epoch where J became non-finite, a `fit` of that many epochs, and
+    trains the other to the end."""
+    monkeypatch.chdir(tmp_path)
+    args = [*IRIS, "--model.batch_size", "full", "--model.l2", "1", "--trainer.max_epochs", "14",
+            "--convergence.enabled", "false"]  # fmt: skip
+    assert main(["sweep", *args, "--grid", "model.optimizer.lr=[0.5, 1e15]", "--sweep_dir", "sw"]) == 0
+    out = capsys.readouterr().out
+    rows = {r["member"]: r for r in csv.DictReader(open(tmp_path / "sw" / "results.csv"))}
+    assert rows["lr=0.5"]["status"] == "max_epochs" and rows["lr=0.5"]["epochs"] == "14"
+    assert rows["lr=1e15"]["status"] == "diverged" and int(rows["lr=1e15"]["epochs"]) < 14
+    assert "lr=1e15: training J became non-finite in epoch" in out
+    assert rows["lr=0.5"]["rank"] == "1"
+    assert main(["fit", *args, "--model.optimizer.lr", "1e15"]) == 1
+    epochs = rows["lr=1e15"]["epochs"]
+    assert f"non-finite at update {int(epochs) + 1} (epoch {epochs}," in capsys.readouterr().err
+    alone = fit_weights(
+        [*args, "--model.optimizer.lr", "1e15", "--trainer.max_epochs", epochs], tmp_path / "a"
+    )
+    # its weights are ~1e150 by then: equal to 1e-10 relative
+    assert_same_weights(tmp_path / "sw" / "lr=1e15" / "checkpoints" / "last.ckpt", alone, rtol=1e-10)
+    alone = fit_weights([*args, "--model.optimizer.lr", "0.5"], tmp_path / "b")
+    assert_same_weights(tmp_path / "sw" / "lr=0.5" / "checkpoints" / "last.ckpt", alone)
+
+
+@pytest.mark.parametrize(
+    "grid, expected",
+    [
+        (["--grid", "model.optimizer.lr"], "write KEY=[v1, v2, ...]"),
+        (["--grid", "model.optimizer.lr=0.3"], "must be a non-empty list"),
+        (["--grid", "model.optimizer.lr=[]"], "must be a non-empty list"),
+        (["--grid", "model.optimizer.lr=[0.3, 1"], "the values are not YAML"),
+        (["--grid", "model.l2=[0, 1]", "--grid", "model.l2=[2]"], "model.l2 is already swept"),
+        (["--grid", "model.l2=[1, 1]"], "the values of model.l2 repeat"),
+        (["--grid", "=[1, 2]"], "is not a setting's name"),
+        (["--grid", "missing.yaml"], "cannot read the grid file"),
+        ([], "give at least one --grid"),
+        (["--grid"], "--grid needs a value"),
+        (["--grid", "model.no_such_option=[1, 2]"], "no_such_option"),
+        (
+            ["--grid", "model.hidden_sizes=[[3], [4]]"],
+            "model.hidden_sizes is [3] in member hidden_sizes=[3] but [4]",
+        ),
+        (["--grid", "model.batch_size=[4, 8]"], "model.batch_size is 4 in member batch_size=4 but 8"),
+    ],
+)
+def test_grid_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, grid, expected):
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "--data.dataset", "iris", *grid]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("mlp-torch:")]
+    assert len(errors) == 1 and errors[0].startswith("mlp-torch: error: "), err
+    assert expected in errors[0] and "Traceback" not in err
+    assert not (tmp_path / "lightning_logs").exists()  # nothing written
+
+
+def test_grid_bad_input_from_the_command_line(tmp_path):
+    cmd = [sys.executable, "-m", "mlp_torch.cli", "sweep", "--grid", "model.optimizer.lr=[0.3, 1"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("mlp-torch: error: --grid model.optimizer.lr=[0.3, 1:")
+    )
+
+
+def test_grid_from_a_yaml_file(tmp_path):
+    (tmp_path / "grid.yaml").write_text("model.optimizer.lr: [0.3, 1]\nmodel.optimizer.alpha: [0.0, 0.9]\n")
+    grid = parse_grid([str(tmp_path / "grid.yaml"), "seed_everything=[0, 1]"])
+    assert list(grid.axes) == ["model.optimizer.lr", "model.optimizer.alpha", "seed_everything"]
+    assert len(grid.members) == 8
+    assert grid.name(grid.members[-1]) == "lr=1,alpha=0.9,seed_everything=1"
