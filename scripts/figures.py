@@ -346,7 +346,7 @@ def gradient_agreement(data: MLPDataModule) -> Path:
     return save(fig, "gradient_agreement")
 
 
-FIGURES: dict[str, Callable[[MLPDataModule], Path]] = {
+FIGURES: dict[str, Callable[[MLPDataModule], Path | None]] = {
     "learning_rate": learning_rate,
     "regimes": regimes,
     "momentum": momentum,
@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         print(f"{name}:")
         path = FIGURES[name](data)
+        if path is None:
+            continue
         size = path.stat().st_size / 1024
         print(f"  -> {path.relative_to(ROOT)} ({size:.0f} KB, {time.perf_counter() - t:.1f} s)")
     print(f"figures: done in {time.perf_counter() - started:.1f} s")
