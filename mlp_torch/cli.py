@@ -256,6 +256,10 @@ class MLPCLI(LightningCLI):
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
         }
         hp = run_hparams(trainer, model, self.datamodule)
+        # Read before testing: loading the best checkpoint restores the callbacks' older state.
+        diagnostics = next(c for c in trainer.callbacks if isinstance(c, LearningRateDiagnostics))
+        rises, largest_rise = len(diagnostics.increases), diagnostics.largest_rise
+        epochs = trainer.current_epoch
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") or None
         results = trainer.test(model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
@@ -270,19 +274,17 @@ class MLPCLI(LightningCLI):
             if name in metrics:
                 value = metrics[name]
                 lines.append(f"  {name:<9} {value:.2%}" if name == "test/acc" else f"  {name:<9} {value:.6g}")
-        diagnostics = next(c for c in trainer.callbacks if isinstance(c, LearningRateDiagnostics))
-        if diagnostics.increases:
+        if rises:
             hint = (
                 "batch GD has no sampling noise: the rate is too large"
                 if model.hparams.batch_size == "full"
                 else "mini-batch noise if by a few %; the rate too large if by much"
             )
             lines.append(
-                f"  J rose    in {len(diagnostics.increases)} of {trainer.current_epoch} epochs, by at most "
-                f"{diagnostics.largest_rise:.1%} ({hint})"
+                f"  J rose    in {rises} of {epochs} epochs, by at most {largest_rise:.1%} ({hint})"
             )
         lines += [
-            f"  epochs    {trainer.current_epoch} ({why})",
+            f"  epochs    {epochs} ({why})",
             f"  tested    {'best checkpoint ' + best if best else 'final weights'}",
             f"  wall time {seconds:.1f} s",
             f"  logs      {log_dir}",
