@@ -193,6 +193,9 @@ class HeadlessChromium:
         try:
             page = self._until_page()
             self._session = self.call("Target.attachToTarget", targetId=page, flatten=True)["sessionId"]
+            # the viewport itself (--window-size includes the invisible window's frame)
+            self.call("Emulation.setDeviceMetricsOverride", session=self._session, width=width, height=height,
+                      deviceScaleFactor=1, mobile=False)  # fmt: skip
         except BaseException:
             self.__exit__()
             raise
@@ -293,9 +296,10 @@ _SCALAR_CHART_JS = r"""(tag => {
 })"""
 
 
-def scalars_url(server: TensorBoardServer, tag: str) -> str:
-    """The Scalars dashboard filtered to the one ``tag``."""
-    return f"{server.url}/#scalars&tagFilter={urllib.parse.quote(tag, safe='')}"
+def scalars_url(server: TensorBoardServer, tag_filter: str) -> str:
+    """The Scalars dashboard showing the tags that match the regular expression ``tag_filter``
+    (e.g. ``"train/J"``, ``"^(train|val)/J$"``)."""
+    return f"{server.url}/#scalars&tagFilter={urllib.parse.quote(tag_filter, safe='')}"
 
 
 def scalar_chart(page: HeadlessChromium, tag: str, runs, timeout: float = 60.0) -> dict:
