@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -32,8 +33,10 @@ import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from tensorboard_server import HeadlessChromium, TensorBoardServer, chromium, scalar_chart, scalars_url  # noqa: E402 (beside this file)
 
 from mlp_torch import autograd_gradients, manual_gradients, objective  # noqa: E402
+from mlp_torch.command import main as command_main  # noqa: E402
 from mlp_torch.data import MLPDataModule  # noqa: E402
 from mlp_torch.gradcheck import relative_error  # noqa: E402
 from mlp_torch.module import NEAR_ZERO, MLPModule  # noqa: E402
@@ -346,6 +349,34 @@ def gradient_agreement(data: MLPDataModule) -> Path:
     return save(fig, "gradient_agreement")
 
 
+SWEEP = ["--trainer.max_epochs", "40", "--grid", "model.optimizer.lr=[0.3, 1, 3, 10]"]  # digits, the default
+
+
+def tensorboard(data: MLPDataModule) -> Path | None:
+    """TensorBoard's Scalars dashboard over an ``mlp-torch sweep``, as headless Chromium shows it."""
+    if chromium() is None:
+        print(
+            "  skipped: no chromium installed (Debian: apt-get install chromium); the PNG is kept as it was"
+        )
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        sweep_dir = Path(folder) / "sweep"
+        code = command_main(["sweep", *SWEEP, "--sweep_dir", str(sweep_dir)])
+        if code != 0:
+            raise RuntimeError(f"mlp-torch sweep {' '.join(SWEEP)} failed with exit code {code}")
+        runs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+        with TensorBoardServer(sweep_dir) as tb:
+            tb.wait_for_runs(runs)
+            with HeadlessChromium(scalars_url(tb, "^(train|val)/J$"), size=(1200, 760)) as page:
+                state = scalar_chart(page, "train/J", runs)
+                scalar_chart(page, "val/J", runs)
+                path = page.screenshot(OUT / "tensorboard.png")
+    print(
+        f"  {len(runs)} member runs {runs}: the train/J chart drew {len(state['cards'][0]['colours'])} lines"
+    )
+    return path
+
+
 FIGURES: dict[str, Callable[[MLPDataModule], Path | None]] = {
     "learning_rate": learning_rate,
     "regimes": regimes,
@@ -353,6 +384,7 @@ FIGURES: dict[str, Callable[[MLPDataModule], Path | None]] = {
     "initialization": initialization,
     "penalties": penalties,
     "gradient_agreement": gradient_agreement,
+    "tensorboard": tensorboard,
 }
 
 

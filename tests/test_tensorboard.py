@@ -1,6 +1,7 @@
 """TensorBoard for real: the `tensorboard` server started on a free loopback port over the logs of
-a real `mlp-torch fit`, read back through its HTTP data API (scalars, histograms, text, hparams),
-and the Scalars dashboard rendered by headless Chromium as a person would see it.
+a real `mlp-torch fit` and of a real `mlp-torch sweep`, read back through its HTTP data API
+(scalars, histograms, text, hparams; the sweep's member runs), and the Scalars dashboard of the
+sweep rendered by headless Chromium as a person would see it.
 
 The server tests skip (with the reason) where no loopback port can be bound; the browser test
 skips where no Chromium is installed (``scripts/setup`` does not install one; on Debian:
@@ -117,27 +118,48 @@ def test_fit_hparams_through_the_http_api(fit_server):
 
 
 @pytest.fixture(scope="module")
-def runs_server(tmp_path_factory):
-    """Two short fits side by side in one log folder (runs ``lr=1`` and ``lr=30``)."""
-    folder = tmp_path_factory.mktemp("runs")
-    for lr in ("1", "30"):
-        mlp_torch_in(folder, *IRIS, "--model.optimizer.lr", lr, "--trainer.logger.version", f"lr={lr}")
-    server = serve(folder / "lightning_logs")
+def sweep_server(tmp_path_factory):
+    """``mlp-torch sweep`` of 2 rates x 2 seeds on iris; its four member runs in one server."""
+    folder = tmp_path_factory.mktemp("sweep")
+    grid = ["--grid", "model.optimizer.lr=[1, 30]", "--grid", "seed_everything=[0, 1]"]
+    mlp_torch_in(folder, "sweep", *IRIS[1:], *grid, "--sweep_dir", "sweep")
+    runs = [f"lr={lr},seed_everything={seed}" for lr in (1, 30) for seed in (0, 1)]
+    server = serve(folder / "sweep")
     try:
-        yield server, ["lr=1", "lr=30"]
+        yield server, runs
     finally:
         server.stop()
 
 
+def test_sweep_member_runs_through_the_http_api(sweep_server):
+    tb, runs = sweep_server
+    scalars = tb.wait_for_runs(runs)
+    assert sorted(tb.get("/data/runs")) == sorted(runs)  # one run per member, named by its settings
+    for run in runs:
+        for tag in ("train/J", "train/cost", "val/J", "val/acc", "lr"):
+            assert tag in scalars[run], (run, tag)
+        query = urllib.parse.urlencode({"run": run, "tag": "train/J"})
+        assert [step for _, step, _ in tb.get(f"/data/plugin/scalars/scalars?{query}")] == [0, 1, 2, 3, 4]
+    request = {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"], "colParams": [],
+               "startIndex": 0, "sliceSize": 10}  # fmt: skip
+    groups = {g["name"]: g for g in tb.post("/data/plugin/hparams/session_groups", request)["sessionGroups"]}
+    assert sorted(groups) == sorted(runs)
+    for run, group in groups.items():  # each member's own settings, and its metrics
+        lr, seed = (part.split("=")[1] for part in run.split(","))
+        assert group["hparams"]["model.optimizer.lr"] == float(lr)
+        assert group["hparams"]["seed_everything"] == float(seed)
+        assert {"hp/val_J", "hp/val_acc"} <= {m["name"]["tag"] for m in group["metricValues"]}
+
+
 @pytest.mark.skipif(chromium() is None, reason="no chromium installed (Debian: apt-get install chromium)")
-def test_scalars_dashboard_draws_every_runs_train_J_in_chromium(runs_server, tmp_path):
-    tb, runs = runs_server
+def test_scalars_dashboard_draws_every_members_train_J_in_chromium(sweep_server, tmp_path):
+    tb, runs = sweep_server
     tb.wait_for_runs(runs)
     with HeadlessChromium(scalars_url(tb, "train/J")) as page:
         state = scalar_chart(page, "train/J", runs)
         page.screenshot(tmp_path / "scalars.png")
-    assert sorted(state["runs"]) == runs  # the run selector lists each run
+    assert sorted(state["runs"]) == sorted(runs)  # the run selector lists each member
     (card,) = state["cards"]  # the one train/J chart ...
-    assert sorted(card["runs"]) == runs  # ... loads every run
-    assert len(card["colours"]) == len(runs)  # ... and draws a line in each run's colour
+    assert sorted(card["runs"]) == sorted(runs)  # ... loads every member's run
+    assert len(card["colours"]) == len(runs)  # ... and draws a line in each one's colour
     assert (tmp_path / "scalars.png").stat().st_size > 10_000  # a real picture, not an empty page
