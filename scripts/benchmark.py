@@ -25,6 +25,9 @@
    gradients, the same operand layouts): the fraction of matmul peak reached.
 3. Whole processes: the default ``mlp-torch fit`` (its test accuracy too), the same beside one
    busy process (a CPU-bound loop), and ``mlp-torch gradcheck``.
+4. Sweeps: the training phase of one default fit against 32-member ``mlp-torch sweep`` grids of
+   the same network, data, batch size and epochs, members sharing a seed and each with its own
+   (:func:`mlp_torch.sweep.speed_ratios`), one after the other, once.
 
 Every measurement runs ``--rounds`` times, the methods taking turns within each round; the table
 shows the median, with min and max in the JSON (``--out``). Runs on CUDA too when present
@@ -336,7 +339,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["updates", "wide", "process"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["updates", "wide", "process", "sweep"])
     args = parser.parse_args()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -357,6 +360,10 @@ def main() -> int:
         results["wide"] = wide(args.rounds, device)
     if "process" not in args.skip:
         results["process_s"] = processes(args.rounds)
+    if "sweep" not in args.skip:
+        from mlp_torch.sweep import speed_ratios
+
+        results["sweep_s"] = speed_ratios()
     results["benchmark_seconds"] = time.perf_counter() - began
     report(results)
     if args.out:
@@ -466,6 +473,14 @@ def report(results: dict) -> None:
         print(f"\nwhole process: mlp-torch fit {fit:.1f} s (target <= 7 s), test/acc {p['fit test/acc %']}; "
               f"beside a busy process {busy:.1f} s = {busy / fit:.2f}x (target <= 2x); "
               f"mlp-torch gradcheck {grad:.2f} s (target <= 2.5 s)")  # fmt: skip
+    sw = results.get("sweep_s")
+    if sw:
+        print(f"\nsweeps, training phase: one default fit {sw['fit']:.1f} s ({sw['fit epochs']} epochs)")
+        for name, limit in (("shared seed", 6), ("own seed", 8)):
+            ratio = sw[f"{name} ratio"]
+            verdict = "met" if ratio <= limit else "NOT met"
+            print(f"  {sw[f'{name} members']} members, {name}: {sw[name]:.1f} s = {ratio:.2f}x one fit "
+                  f"(target <= {limit}x: {verdict})")  # fmt: skip
     print(f"\nbenchmark took {results['benchmark_seconds']:.0f} s")
 
 
