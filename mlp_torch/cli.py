@@ -514,7 +514,7 @@ class _RunPlan:
 def _plan_run(subcommand: str, config, ckpt: Path | None) -> _RunPlan:
     """Point the logger at the run folder: a checkpoint's own run (``fit`` continues it and adds
     ``config-resume-K.yaml``; ``validate/test/predict`` write into its ``<subcommand>/``), else
-    the next ``version_N``."""
+    the logger's ``version`` if given (a new folder for ``fit``), else the next ``version_N``."""
     init, root = _tensorboard_init(config), _runs_root(config)
     if init is None:
         return _RunPlan()
@@ -532,8 +532,17 @@ def _plan_run(subcommand: str, config, ckpt: Path | None) -> _RunPlan:
             return _RunPlan()
         resumes = len(list(run.glob("config-resume-*.yaml")))
         return _RunPlan(run, False, f"config-resume-{resumes + 1}.yaml")
-    versions = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
-    init.version = f"version_{max(versions, default=-1) + 1}"
+    if init.get("version") is not None:  # --trainer.logger.version, as Lightning names it
+        version = init.version
+        init.version = version if isinstance(version, str) else f"version_{version}"
+        if subcommand == "fit" and (root / init.version).exists():
+            raise ValueError(
+                f"run folder {root / init.version} exists already: give another "
+                "--trainer.logger.version, or --ckpt_path to resume that run"
+            )
+    else:
+        versions = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
+        init.version = f"version_{max(versions, default=-1) + 1}"
     return _RunPlan(root / init.version, subcommand == "fit", None)
 
 

@@ -5,6 +5,7 @@ Each DDP run adds tests/ddp_probe.py's RecordRank callback, so every rank saves 
 and the training examples its own updates used in each epoch. The runs are few and short (each
 starts 2-3 Python processes): every test checks all it can on its runs."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,10 @@ def ddp_fit(*args, devices: int, out: Path, cwd: Path) -> list[dict]:
         sys.executable, "-m", "mlp_torch.cli", "fit", *COMMON, f"--trainer.callbacks.out_dir={out}",
         "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", str(devices), *args,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=240)
+    # tests.ddp_probe must be importable in the launched processes, which run in cwd
+    path = [str(ROOT), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("mlp-torch fit: done") == 1, proc.stdout  # the summary printed once
     return [torch.load(out / f"rank{r}.pt") for r in range(devices)]
