@@ -44,6 +44,7 @@ __all__ = [
     "manual_gradients",
     "objective",
     "objective_terms",
+    "output_terms",
     "reduction_scale",
 ]
 
@@ -111,21 +112,22 @@ def objective_terms(
     ``(K,)`` for stacked members), each example's cost weighted by ``scale`` (see
     :func:`reduction_scale`)."""
     zs, activations = feedforward(weights, biases, x)
-    return _terms(weights, zs[-1], activations[-1], y, cost, l1, l2, scale)
+    return output_terms(weights, zs[-1], activations[-1], y, cost=cost, l1=l1, l2=l2, scale=scale)
 
 
-def _terms(
+def output_terms(
     weights: Sequence[Tensor],
     z: Tensor,
     a: Tensor,
     y: Tensor,
-    cost: str,
-    l1: float | Tensor,
-    l2: float | Tensor,
-    scale: float,
+    *,
+    cost: str = "quadratic",
+    l1: float | Tensor = 0.0,
+    l2: float | Tensor = 0.0,
+    scale: float = 1.0,
 ) -> dict[str, Tensor]:
-    """The objective's terms from the output layer's ``z_L``, ``a_L`` ``(n, n_out)`` (or
-    ``(K, n, n_out)``)."""
+    """:func:`objective_terms` from a forward pass already made: the output layer's ``z_L`` and
+    ``a_L`` ``(n, n_out)`` (or ``(K, n, n_out)``)."""
     data = scale * COSTS[cost].fn(z, a, y).sum(dim=-1)  # () or (K,)
     p1, p2 = l1_penalty(weights, l1), l2_penalty(weights, l2)
     return {"J": data + p1 + p2, "cost": data, "l1": p1, "l2": p2}
@@ -179,7 +181,7 @@ def backprop(
         grad_W = [g + l1_grad(W, l1) for g, W in zip(grad_W, weights)]
     if not is_off(l2):
         grad_W = [g + l2_grad(W, l2) for g, W in zip(grad_W, weights)]
-    terms = _terms(weights, zs[-1], activations[-1], y, cost, l1, l2, scale)
+    terms = output_terms(weights, zs[-1], activations[-1], y, cost=cost, l1=l1, l2=l2, scale=scale)
     return Backprop(terms["J"], terms["cost"], terms["l1"], terms["l2"], grad_W, grad_b)
 
 

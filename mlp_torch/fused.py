@@ -85,8 +85,9 @@ def _weighted_input(W: Tensor, a: Tensor, b: Tensor, out: Tensor | None) -> Tens
     """``z = b + a W^T`` in one op, ``(n, out)`` or ``(K, n, out)``, written into ``out`` if given."""
     if W.dim() == 2:
         return torch.addmm(b, a, W.T, out=out)
-    if a.dim() == 3:
-        return torch.baddbmm(b.unsqueeze(-2), a, W.mT, out=out)  # (K, n, out)
+    if a.dim() == 3:  # (into a new tensor: baddbmm into a strided slice loops over the members)
+        z = torch.baddbmm(b.unsqueeze(-2), a, W.mT)  # (K, n, out)
+        return z if out is None else out.copy_(z)
     K, n_out, n_in = W.shape  # members share the input a (n, in): one product for all of them
     z = torch.addmm(b.reshape(K * n_out), a, W.reshape(K * n_out, n_in).T)  # (n, K * out)
     z = z.view(a.shape[0], K, n_out).transpose(0, 1)  # (K, n, out)

@@ -330,9 +330,10 @@ def _test_best(sweep: Sweep, best: int) -> dict[str, float]:
     params = list(module.net.parameters())
     kept = [p.detach().clone() for p in params]
     names = [f"layers.{i}.{kind}" for kind in ("weight", "bias") for i in range(len(module.net.W))]
+    state = module.best_state[best]
     with torch.no_grad():
         for p, name in zip(params, names):  # the order of net.parameters(): W.0, ..., b.0, ...
-            p[best] = module.best_state[best][name].to(p.device)
+            p[best] = state[name].to(p.device)
         figures = module.evaluate(*sweep.data.splits["test"])
         for p, p0 in zip(params, kept):
             p.copy_(p0)
@@ -342,13 +343,14 @@ def _test_best(sweep: Sweep, best: int) -> dict[str, float]:
 def _write_members(sweep: Sweep, last: list[dict[str, Tensor]], test: dict[str, float]) -> None:
     """Each member's config.yaml, checkpoints and HParams entry, in its own folder."""
     module = sweep.module
+    best_state = module.best_state
     for k, (name, cli) in enumerate(zip(sweep.names, sweep.clis)):
         folder = sweep.folder / name
         (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
         status = module.status[k]
         torch.save(_checkpoint(cli, last[k], status.epochs), folder / "checkpoints" / "last.ckpt")
         torch.save(
-            _checkpoint(cli, module.best_state[k], status.best_epoch), folder / "checkpoints" / "best.ckpt"
+            _checkpoint(cli, best_state[k], status.best_epoch), folder / "checkpoints" / "best.ckpt"
         )
         (folder / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
         if module.member_loggers is not None:

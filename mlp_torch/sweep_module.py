@@ -26,16 +26,19 @@ from dataclasses import dataclass, field
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from mlp_torch.backprop import objective_terms
+from mlp_torch.backprop import output_terms
 from mlp_torch.costs import COSTS, is_off, l1_grad
 from mlp_torch.data import epoch_permutation, from_unit_range
+from mlp_torch.events import ScalarEvents
 from mlp_torch.fused import fused_backprop
 from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule
 from mlp_torch.network import feedforward, per_member
 from mlp_torch.optim import GradientDescent, HeavyBall, Momentum, _add_scaled
 from mlp_torch.stacked import StackedMLP
+from mlp_torch.threads import SMALL_PRODUCT, choose_num_threads, largest_product
 
 __all__ = ["Convergence", "MemberStatus", "SweepModule"]
 
@@ -51,6 +54,7 @@ SHARED = (
     "dtype",
     "grad_source",
     "n_outputs",
+    "num_threads",
 )
 PER_MEMBER_OPTIMIZERS = (GradientDescent, Momentum, HeavyBall)  # take (K,) lr and alpha tensors
 
@@ -160,8 +164,10 @@ class SweepModule(L.LightningModule):
         self.target_range = [(m.hparams.target_low, m.hparams.target_high) for m in modules]
         self.convergence = list(convergence) if convergence is not None else [Convergence() for _ in modules]
         self.member_loggers = list(loggers) if loggers is not None else None
+        # each epoch's scalars: written here, not through each logger's writer thread (see events.py)
+        self.member_events = [ScalarEvents(lg.log_dir) for lg in loggers] if loggers is not None else None
         self.status = [MemberStatus() for _ in modules]
-        self.best_state: list[dict[str, Tensor]] = [self.net.member_state(k) for k in range(len(modules))]
+        self.best_params: list[Tensor] | None = None  # each member's weights at its best epoch, stacked
         self.automatic_optimization = False
 
     @property
@@ -174,8 +180,23 @@ class SweepModule(L.LightningModule):
             return float(values[0])
         return torch.tensor(values, dtype=self.net.W[0].dtype, device=self.device)
 
+    @property
+    def best_state(self) -> list[dict[str, Tensor]]:
+        """Each member's weights at its best epoch (its starting weights before any validation),
+        as ``SigmoidMLP`` state dicts."""
+        params = self.best_params or [p.detach() for p in self.net.parameters()]
+        L_ = len(self.net.W)
+        return [
+            {f"layers.{i}.{kind}": params[i + j * L_][k].clone() for j, kind in enumerate(("weight", "bias"))
+             for i in range(L_)}
+            for k in range(self.n_members)
+        ]  # fmt: skip
+
     def on_fit_start(self) -> None:
         self.active = torch.tensor([not s.stopped for s in self.status], device=self.device)  # (K,)
+        self.validated = torch.zeros_like(self.active)  # (K,): has a best epoch
+        self.best_J = torch.full(self.active.shape, math.inf, dtype=self.net.W[0].dtype, device=self.device)
+        self.best_params = [p.detach().clone() for p in self.net.parameters()]
         self.l1, self.l2 = (self._per_member(self.settings[k]) for k in ("l1", "l2"))
 
     # ---- training -------------------------------------------------------------------------
@@ -233,10 +254,23 @@ class SweepModule(L.LightningModule):
         """Each member's ``sum |w|`` and ``sum w^2`` over all its weights into ``out`` ``(2, K)``
         (when that penalty is on)."""
         flat = [W.flatten(1) for W in self.net.weights]  # (K, out * in) views
-        if not is_off(self.l1):
-            torch.sum(torch.stack([torch.linalg.vector_norm(w, 1, dim=1) for w in flat]), 0, out=out[0])
-        if not is_off(self.l2):
-            torch.sum(torch.stack([torch.linalg.vecdot(w, w) for w in flat]), 0, out=out[1])
+        if not is_off(self.l1):  # (abs, then sum: several times faster than vector_norm's ord 1)
+            torch.sum(torch.stack([w.abs().sum(1) for w in flat]), 0, out=out[0])
+        if not is_off(self.l2):  # (the 2-norm, squared: several times faster than vecdot)
+            torch.sum(torch.stack([torch.linalg.vector_norm(w, dim=1) for w in flat]).square_(), 0, out=out[1])
+
+    def _set_threads(self, rows: int) -> None:
+        """Intra-op threads by :func:`mlp_torch.threads.choose_num_threads` for all the members'
+        work (or the members' shared ``num_threads``); logged once."""
+        threads = self.shared["num_threads"] or choose_num_threads(self.net.sizes, rows, members=self.n_members)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        if getattr(self, "_threads_logged", None) != threads:
+            self._threads_logged = threads
+            product = largest_product(self.net.sizes, rows, self.n_members)
+            rule = f"{'<' if threads == 1 else '>='} {SMALL_PRODUCT:,}; --model.num_threads to choose"
+            how = f"largest matrix product per update {product:,} multiply-adds for all members, {rule}"
+            rank_zero_info(f"threads: {threads} ({'--model.num_threads' if self.shared['num_threads'] else how})")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch  # the training split, (N, n_in) shared or (K, N, n_in) one per member
@@ -244,6 +278,7 @@ class SweepModule(L.LightningModule):
         full = self.shared["batch_size"] == "full"
         size = N if full else min(self.shared["batch_size"], N)
         chunk = self.shared["chunk_size"] or size
+        self._set_threads(min(size, chunk))
         xs, ys = (x, y) if full else self._shuffled(x, y)
         params = list(self.net.parameters())
         self.grads = [torch.zeros_like(p) for p in params] if not hasattr(self, "grads") else self.grads
@@ -263,7 +298,7 @@ class SweepModule(L.LightningModule):
                 xb, yb = xs[..., rows, :], ys[..., rows, :]
                 self._penalty_sums(sums[k])
                 self._batch_gradient(xb, yb, 1.0 / xb.shape[-2] if mean else 1.0, chunk, z_out[:, rows])
-                if not self.all_active:
+                if not self.all_active and not self.frozen_by_lr:
                     for p, g in zip(params, self.grads):
                         g.masked_fill_(~self._mask(p), 0.0)  # frozen members take no step
                 step()
@@ -305,13 +340,23 @@ class SweepModule(L.LightningModule):
         self._freeze(k, opt, "diverged", why)
 
     def _freeze(self, k: int, opt, stopped: str, why: str) -> None:
-        """Member ``k`` takes no more steps: its updates are masked out, its momentum zeroed."""
+        """Member ``k`` takes no more steps: its momentum is zeroed and its learning rate set to 0
+        (with an optimizer of :data:`PER_MEMBER_OPTIMIZERS`, a step of ``0 * g`` is exactly none
+        while ``g`` is finite); once any member has diverged, or with any other optimizer, the
+        frozen members' gradients are masked out instead (more operations per update)."""
+        if stopped == "diverged":
+            self.frozen_by_lr = False  # its gradient may not stay finite: mask from now on
         self.active[k] = False
         self.all_active = False
         for state in opt.state.values():
             for t in state.values():
                 if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == self.n_members:
                     t[k] = 0
+        if self.frozen_by_lr:
+            for group in opt.param_groups:
+                if not isinstance(group["lr"], Tensor):
+                    group["lr"] = torch.full_like(self.best_J, group["lr"])  # (K,)
+                group["lr"][k] = 0.0
         self.status[k].stopped, self.status[k].why = stopped, why
         self.status[k].epochs = self.current_epoch + (stopped != "diverged")
 
@@ -322,8 +367,9 @@ class SweepModule(L.LightningModule):
         or ``(K, n, n_in)`` (mse in each member's target units)."""
         scale = 1.0 / x.shape[-2] if self.shared["reduction"] == "mean" else 1.0
         kw = dict(cost=self.shared["cost"], l1=self.l1, l2=self.l2, scale=scale)
-        J = objective_terms(self.net.weights, self.net.biases, x, y, **kw)["J"]  # (K,)
-        y_hat = self.net(x)  # (K, n, n_out)
+        zs, activations = self.net.forward_pass(x)
+        y_hat = activations[-1]  # (K, n, n_out)
+        J = output_terms(self.net.weights, zs[-1], y_hat, y, **kw)["J"]  # (K,)
         if self.shared["task"] == "classification":
             return {"J": J, "acc": (y_hat.argmax(-1) == y.argmax(-1)).to(x.dtype).mean(-1)}
         low, high = (
@@ -335,14 +381,18 @@ class SweepModule(L.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Each active member's val figures; a lower ``val/J`` than ever makes this its best epoch
         (``fit``'s best checkpoint)."""
-        val = {k: v.tolist() for k, v in self.evaluate(*batch).items()}
+        figures = self.evaluate(*batch)
+        # an active member's first val/J, or one lower than its best so far (NaN never is)
+        better = self.active & (~self.validated | (figures["J"] < self.best_J))  # (K,)
+        self.validated |= better
+        torch.where(better, figures["J"], self.best_J, out=self.best_J)
+        for p, best in zip(self.net.parameters(), self.best_params):
+            torch.where(better.view(-1, *([1] * (p.dim() - 1))), p.detach(), best, out=best)
+        val = {k: v.tolist() for k, v in figures.items()}
         self.val_figures = val
-        for k, status in enumerate(self.status):
-            if status.stopped or (status.best and not val["J"][k] < status.best["val/J"]):
-                continue
-            status.best_epoch = self.current_epoch
-            status.best = {f"val/{name}": v[k] for name, v in val.items()}
-            self.best_state[k] = self.net.member_state(k)
+        for k in better.nonzero().flatten().tolist():
+            self.status[k].best_epoch = self.current_epoch
+            self.status[k].best = {f"val/{name}": v[k] for name, v in val.items()}
 
     def on_validation_epoch_start(self) -> None:
         self.val_figures = {}
@@ -358,12 +408,14 @@ class SweepModule(L.LightningModule):
             status.epochs = self.current_epoch + 1
             status.last = {f"train/{name}": v[k] for name, v in train.items()}
             status.last.update({f"val/{name}": v[k] for name, v in getattr(self, "val_figures", {}).items()})
-            if self.member_loggers is not None:
+            if self.member_events is not None:
                 metrics = {**status.last, "epoch": self.current_epoch}
                 if isinstance(lrs[k], (int, float)):
                     metrics["lr"] = lrs[k]
-                self.member_loggers[k].log_metrics(metrics, step=self.current_epoch)
+                self.member_events[k].add(metrics, step=self.current_epoch)
             self._convergence(k, train["J"][k], opt)
+        for events in self.member_events or []:
+            events.flush()
         if not bool(self.active.any()):
             self.trainer.should_stop = True
 
@@ -382,10 +434,14 @@ class SweepModule(L.LightningModule):
             self._freeze(k, opt, "converged", why)
 
     def on_train_end(self) -> None:
+        for events in self.member_events or []:
+            events.close()
         for status in self.status:
             if not status.stopped:
                 status.stopped, status.why = "max_epochs", f"reached max_epochs={self.trainer.max_epochs}"
 
     def configure_optimizers(self):
         settings = {k: self._per_member(v) for k, v in self.optimizer_per_member.items()}
-        return self.optimizer_factory(self.net.parameters(), **settings)
+        optimizer = self.optimizer_factory(self.net.parameters(), **settings)
+        self.frozen_by_lr = isinstance(optimizer, PER_MEMBER_OPTIMIZERS)
+        return optimizer

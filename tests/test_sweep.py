@@ -145,3 +145,32 @@ def test_grid_from_a_yaml_file(tmp_path):
     assert list(grid.axes) == ["model.optimizer.lr", "model.optimizer.alpha", "seed_everything"]
     assert len(grid.members) == 8
     assert grid.name(grid.members[-1]) == "lr=1,alpha=0.9,seed_everything=1"
+
+
+def test_a_converged_member_stops_where_its_fit_stops(tmp_path, monkeypatch, capsys):
+    """A member whose J stops changing is frozen (its learning rate set to 0) at the epoch where
+    `fit`'s ConvergenceStop stops, with the weights of that fit, while the other trains on."""
+    monkeypatch.chdir(tmp_path)
+    args = [*IRIS, "--model.batch_size", "16", "--trainer.max_epochs", "12",
+            "--convergence.threshold", "0.02", "--convergence.patience", "2"]  # fmt: skip
+    assert main(["sweep", *args, "--grid", "model.optimizer.lr=[0.05, 3]", "--sweep_dir", "sw"]) == 0
+    rows = {r["member"]: r for r in csv.DictReader(open(tmp_path / "sw" / "results.csv"))}
+    assert rows["lr=0.05"]["status"] == "converged" and int(rows["lr=0.05"]["epochs"]) < 12
+    assert rows["lr=3"]["status"] != "converged" or int(rows["lr=3"]["epochs"]) > int(rows["lr=0.05"]["epochs"])
+    for lr in ("0.05", "3"):
+        alone = fit_weights([*args, "--model.optimizer.lr", lr], tmp_path / lr)
+        assert_same_weights(tmp_path / "sw" / f"lr={lr}" / "checkpoints" / "last.ckpt", alone)
+
+
+def test_scalar_events_read_back_in_tensorboard(tmp_path):
+    from mlp_torch.events import ScalarEvents
+
+    events = ScalarEvents(tmp_path / "run")
+    for step in range(3):
+        events.add({"train/J": 1.0 / (step + 1), "val/acc": 0.5 + step / 10}, step=step)
+    events.flush()
+    events.close()
+    read = EventAccumulator(str(tmp_path / "run"))
+    read.Reload()
+    assert [(e.step, round(e.value, 6)) for e in read.Scalars("train/J")] == [(0, 1.0), (1, 0.5), (2, 0.333333)]
+    assert [round(e.value, 6) for e in read.Scalars("val/acc")] == [0.5, 0.6, 0.7]
