@@ -280,9 +280,7 @@ class MLPCLI(LightningCLI):
                 if model.hparams.batch_size == "full"
                 else "mini-batch noise if by a few %; the rate too large if by much"
             )
-            lines.append(
-                f"  J rose    in {rises} of {epochs} epochs, by at most {largest_rise:.1%} ({hint})"
-            )
+            lines.append(f"  J rose    in {rises} of {epochs} epochs, by at most {largest_rise:.1%} ({hint})")
         lines += [
             f"  epochs    {epochs} ({why})",
             f"  tested    {'best checkpoint ' + best if best else 'final weights'}",

@@ -31,6 +31,7 @@ exactly ``J`` before the epoch's update.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Literal
 
@@ -43,7 +44,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from mlp_torch.backprop import check_objective_args, objective_terms
+from mlp_torch.backprop import check_objective_args, output_terms
 from mlp_torch.costs import COSTS, l1_grad, l1_penalty, l2_penalty
 from mlp_torch.data import DTYPES, epoch_permutation, from_unit_range
 from mlp_torch.distributed import max_over_ranks, shard, sum_over_ranks, update_shards
@@ -55,6 +56,7 @@ from mlp_torch.threads import SMALL_PRODUCT, choose_num_threads, largest_product
 
 __all__ = ["CrossCheckError", "MLPModule"]
 
+HISTOGRAM_BINS = 30  # bins of the weight and gradient histograms
 NEAR_ZERO = 1e-3  # |w| below this counts as "near zero" in the sparsity/ fractions (L1's effect)
 # The defaults were chosen by 5-fold cross-validation on the non-test examples (see the README):
 DEFAULT_LR, DEFAULT_ALPHA = 3.0, 0.9  # Momentum's settings when no optimizer is given
@@ -79,6 +81,22 @@ def _unhooked(opt: torch.optim.Optimizer) -> bool:
     hooks = (_global_optimizer_pre_hooks, _global_optimizer_post_hooks)
     own = (opt._optimizer_step_pre_hooks, opt._optimizer_step_post_hooks)
     return hasattr(opt, "update") and not any(hooks) and not any(own)
+
+
+def _add_histogram(writer, tag: str, t: Tensor, step: int, bins: int = HISTOGRAM_BINS) -> None:
+    """``t``'s histogram in ``bins`` equal bins from its min to its max, counted by torch and
+    written as is (``SummaryWriter.add_histogram`` takes milliseconds per tensor: numpy, and a
+    thousand exponential bins); nothing for a tensor with inf or NaN, which TensorBoard rejects."""
+    t = t.detach().flatten().double()  # (n,)
+    stats = torch.stack([t.min(), t.max(), t.sum(), t.dot(t)]).tolist() if t.numel() else []
+    if not stats or not all(map(math.isfinite, stats)):
+        return
+    low, high, total, squares = stats
+    if high == low:  # one value: one bin around it
+        low, high, bins = low - 0.5, high + 0.5, 1
+    counts = torch.histc(t, bins, min=low, max=high)  # (bins,)
+    limits = torch.linspace(low, high, bins + 1, dtype=torch.float64)[1:]  # (bins,): each bin's right edge
+    writer.add_histogram_raw(tag, low, high, t.numel(), total, squares, limits, counts, global_step=step)
 
 
 def _positive_int(name: str, value, allow_zero: bool = False) -> None:
@@ -526,11 +544,7 @@ class MLPModule(L.LightningModule):
         tb = self.logger.experiment
         for (name, p), g in zip(self._flat_order().items(), self.grads):
             for kind, t in (("weights", p.detach()), ("grads", g)):
-                if bool(torch.isfinite(t).all()):  # TensorBoard rejects inf/NaN
-                    try:
-                        tb.add_histogram(f"{kind}/{name}", t, self.current_epoch)
-                    except ValueError:  # values so large that the bin edges overflow
-                        pass
+                _add_histogram(tb, f"{kind}/{name}", t, self.current_epoch)
 
     # ---- evaluation -----------------------------------------------------------------------
 
@@ -544,11 +558,12 @@ class MLPModule(L.LightningModule):
         scale = 1.0 / n if self.hparams.reduction == "mean" else 1.0
         rows = shard(n, *self._rank_and_world())
         x, y = x[rows], y[rows]  # (n_rank, n_in), (n_rank, n_out)
-        terms = objective_terms(self.net.weights, self.net.biases, x, y, scale=scale, **self.objective_kw)
+        zs, activations = feedforward(self.net.weights, self.net.biases, x)
+        y_hat = activations[-1]  # (n_rank, n_out)
+        terms = output_terms(self.net.weights, zs[-1], y_hat, y, scale=scale, **self.objective_kw)
         if self._rank_and_world()[1] > 1:
             cost = self.trainer.strategy.reduce(terms["cost"].clone(), reduce_op="sum")
             terms["J"] = cost + terms["l1"] + terms["l2"]
-        y_hat = self.net(x)
         if self.hparams.task == "classification":
             name, count = "acc", n
             total = (y_hat.argmax(dim=1) == y.argmax(dim=1)).sum().to(y.dtype)  # right answers

@@ -349,9 +349,7 @@ def _write_members(sweep: Sweep, last: list[dict[str, Tensor]], test: dict[str, 
         (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
         status = module.status[k]
         torch.save(_checkpoint(cli, last[k], status.epochs), folder / "checkpoints" / "last.ckpt")
-        torch.save(
-            _checkpoint(cli, best_state[k], status.best_epoch), folder / "checkpoints" / "best.ckpt"
-        )
+        torch.save(_checkpoint(cli, best_state[k], status.best_epoch), folder / "checkpoints" / "best.ckpt")
         (folder / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
         if module.member_loggers is not None:
             hp = {

@@ -257,12 +257,16 @@ class SweepModule(L.LightningModule):
         if not is_off(self.l1):  # (abs, then sum: several times faster than vector_norm's ord 1)
             torch.sum(torch.stack([w.abs().sum(1) for w in flat]), 0, out=out[0])
         if not is_off(self.l2):  # (the 2-norm, squared: several times faster than vecdot)
-            torch.sum(torch.stack([torch.linalg.vector_norm(w, dim=1) for w in flat]).square_(), 0, out=out[1])
+            torch.sum(
+                torch.stack([torch.linalg.vector_norm(w, dim=1) for w in flat]).square_(), 0, out=out[1]
+            )
 
     def _set_threads(self, rows: int) -> None:
         """Intra-op threads by :func:`mlp_torch.threads.choose_num_threads` for all the members'
         work (or the members' shared ``num_threads``); logged once."""
-        threads = self.shared["num_threads"] or choose_num_threads(self.net.sizes, rows, members=self.n_members)
+        threads = self.shared["num_threads"] or choose_num_threads(
+            self.net.sizes, rows, members=self.n_members
+        )
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         if getattr(self, "_threads_logged", None) != threads:
@@ -270,7 +274,9 @@ class SweepModule(L.LightningModule):
             product = largest_product(self.net.sizes, rows, self.n_members)
             rule = f"{'<' if threads == 1 else '>='} {SMALL_PRODUCT:,}; --model.num_threads to choose"
             how = f"largest matrix product per update {product:,} multiply-adds for all members, {rule}"
-            rank_zero_info(f"threads: {threads} ({'--model.num_threads' if self.shared['num_threads'] else how})")
+            rank_zero_info(
+                f"threads: {threads} ({'--model.num_threads' if self.shared['num_threads'] else how})"
+            )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch  # the training split, (N, n_in) shared or (K, N, n_in) one per member

@@ -145,8 +145,32 @@ def test_histograms_every_n_epochs(tmp_path):
         assert [e.step for e in events.Histograms(tag)] == [0, 2, 4]
 
 
+def test_histogram_counts_every_value_between_min_and_max():
+    from mlp_torch.module import _add_histogram
+
+    written = []
+
+    class Writer:
+        def add_histogram_raw(self, tag, low, high, num, total, squares, limits, counts, global_step):
+            written.append((tag, low, high, num, total, squares, limits, counts, global_step))
+
+    t = torch.tensor([[-2.0, 0.5, 0.5], [1.0, 3.0, 0.0]])
+    _add_histogram(Writer(), "w", t, 7, bins=5)
+    tag, low, high, num, total, squares, limits, counts, step = written.pop()
+    assert (tag, low, high, num, total, squares, step) == ("w", -2.0, 3.0, 6, 3.0, 14.5, 7)
+    assert limits.tolist() == [-1.0, 0.0, 1.0, 2.0, 3.0]  # each bin's right edge
+    assert counts.tolist() == [1, 0, 3, 1, 1]  # [-2,-1) [-1,0) [0,1) [1,2) [2,3]
+    _add_histogram(Writer(), "zeros", torch.zeros(4), 0)  # one value: one bin around it
+    assert written.pop()[6:8][1].tolist() == [4]
+    _add_histogram(Writer(), "nan", torch.tensor([1.0, float("nan")]), 0)
+    _add_histogram(Writer(), "inf", torch.tensor([1.0, float("inf")]), 0)
+    assert written == []  # TensorBoard rejects inf and NaN: nothing written
+
+
 def test_threads_by_the_size_of_an_update():
     assert choose_num_threads([64, 100, 10], 16) == 1  # the default network: 102,400 multiply-adds
+    assert choose_num_threads([64, 100, 10], 16, cores=2, members=32) == 1  # a sweep: 3.3M, still small
+    assert choose_num_threads([64, 100, 10], 16, cores=2, members=1000) == 2
     assert choose_num_threads([784, 1024, 1024, 10], 512, cores=8) == 8
     assert choose_num_threads([16, SMALL_PRODUCT // 16], 1, cores=3) == 3
     assert choose_num_threads([16, SMALL_PRODUCT // 16 - 1], 1, cores=3) == 1

@@ -156,7 +156,9 @@ def test_a_converged_member_stops_where_its_fit_stops(tmp_path, monkeypatch, cap
     assert main(["sweep", *args, "--grid", "model.optimizer.lr=[0.05, 3]", "--sweep_dir", "sw"]) == 0
     rows = {r["member"]: r for r in csv.DictReader(open(tmp_path / "sw" / "results.csv"))}
     assert rows["lr=0.05"]["status"] == "converged" and int(rows["lr=0.05"]["epochs"]) < 12
-    assert rows["lr=3"]["status"] != "converged" or int(rows["lr=3"]["epochs"]) > int(rows["lr=0.05"]["epochs"])
+    assert rows["lr=3"]["status"] != "converged" or int(rows["lr=3"]["epochs"]) > int(
+        rows["lr=0.05"]["epochs"]
+    )
     for lr in ("0.05", "3"):
         alone = fit_weights([*args, "--model.optimizer.lr", lr], tmp_path / lr)
         assert_same_weights(tmp_path / "sw" / f"lr={lr}" / "checkpoints" / "last.ckpt", alone)
@@ -172,5 +174,9 @@ def test_scalar_events_read_back_in_tensorboard(tmp_path):
     events.close()
     read = EventAccumulator(str(tmp_path / "run"))
     read.Reload()
-    assert [(e.step, round(e.value, 6)) for e in read.Scalars("train/J")] == [(0, 1.0), (1, 0.5), (2, 0.333333)]
+    assert [(e.step, round(e.value, 6)) for e in read.Scalars("train/J")] == [
+        (0, 1.0),
+        (1, 0.5),
+        (2, 0.333333),
+    ]
     assert [round(e.value, 6) for e in read.Scalars("val/acc")] == [0.5, 0.6, 0.7]
