@@ -272,6 +272,50 @@ def test_atomic_save_failure_leaves_the_old_file_and_no_temp_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
+def test_checkpoint_writes_in_the_background_keep_order_content_and_errors(tmp_path, monkeypatch):
+    import mlp_torch.checkpoints as checkpoints
+
+    write = checkpoints.atomic_write
+
+    def slow_write(buffer, path):
+        time.sleep(0.3)
+        write(buffer, path)
+
+    monkeypatch.setattr(checkpoints, "atomic_write", slow_write)
+    io = AtomicCheckpointIO()
+    weights = torch.zeros(3)
+    io.save_checkpoint(
+        {"state_dict": {"net.w": weights}, "pytorch-lightning_version": "2.6.6"}, tmp_path / "a.ckpt"
+    )
+    weights += 1  # training goes on: the checkpoint holds the values at its save
+    assert not (tmp_path / "a.ckpt").exists()  # written in the background
+    io.save_checkpoint(
+        {"state_dict": {"net.w": weights}, "pytorch-lightning_version": "2.6.6"}, tmp_path / "b.ckpt"
+    )
+    assert io.load_checkpoint(tmp_path / "a.ckpt")["state_dict"]["net.w"].tolist() == [0.0, 0.0, 0.0]
+    io.save_checkpoint(
+        {"state_dict": {"net.w": weights}, "pytorch-lightning_version": "2.6.6"}, tmp_path / "a.ckpt"
+    )
+    io.remove_checkpoint(tmp_path / "a.ckpt")  # after a.ckpt's write, in order
+    assert io.load_checkpoint(tmp_path / "b.ckpt")["state_dict"]["net.w"].tolist() == [
+        1.0,
+        1.0,
+        1.0,
+    ]  # a load waits
+    assert not (tmp_path / "a.ckpt").exists()
+    io.save_checkpoint(
+        {"state_dict": {"net.w": weights}, "pytorch-lightning_version": "2.6.6"}, tmp_path / "hpc_ckpt_1.ckpt"
+    )
+    assert (tmp_path / "hpc_ckpt_1.ckpt").exists()  # a SLURM save before a requeue is waited for
+    (tmp_path / "file").write_text("")
+    io.save_checkpoint(
+        {"state_dict": {"net.w": weights}, "pytorch-lightning_version": "2.6.6"}, tmp_path / "file" / "c.ckpt"
+    )  # its folder is a file
+    with pytest.raises(OSError):
+        io.teardown()  # the end of training raises the write's error
+    io.teardown()  # once
+
+
 # ---- 8.6: a run folder is locked while a process trains in it ----------------------------------
 
 
