@@ -40,7 +40,7 @@ def test_mini_batch_summary_keeps_the_noise_hint(tmp_path):
 
 def test_default_run_piped_to_a_file_prints_one_line_per_few_epochs(tmp_path):
     """Piped, the default run prints about twenty progress lines whatever max_epochs is (the full
-    200-epoch run printed 46 lines in all), no per-epoch bars and no validation bars."""
+    200-epoch run printed 48 lines in all), no per-epoch bars and no validation bars."""
     log = tmp_path / "out.txt"
     with log.open("w") as out:
         cmd = [sys.executable, "-m", "mlp_torch.command", "fit", "--trainer.max_epochs", "40"]
