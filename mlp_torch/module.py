@@ -297,10 +297,10 @@ class MLPModule(L.LightningModule):
             if l2:
                 g.add_(w, alpha=2 * l2)  # + l2_grad(w) = 2 l2 w, in one op
             return
-        weights = [W.detach().requires_grad_() for W in self.weights]
+        weights = [w.detach().view(1, -1).requires_grad_()]  # all weights as one (1, P_w) matrix
         with torch.enable_grad():
-            grads = torch.autograd.grad(l1_penalty(weights, l1) + l2_penalty(weights, l2), weights)
-        torch._foreach_add_(_views(g, weights), grads)
+            (grad,) = torch.autograd.grad(l1_penalty(weights, l1) + l2_penalty(weights, l2), weights)
+        g.add_(grad.view(-1))
 
     def _crosscheck(self, x: Tensor, y: Tensor, scale: float, step: int) -> float:
         """Compare the data gradient just computed (``self.flat_grad``, this rank's share of the
