@@ -52,7 +52,7 @@ from mlp_torch.fused import fused_backprop
 from mlp_torch.gradcheck import TOLERANCES, relative_error
 from mlp_torch.network import SigmoidMLP, feedforward
 from mlp_torch.optim import Momentum
-from mlp_torch.threads import SMALL_PRODUCT, choose_num_threads, largest_product
+from mlp_torch.threads import choose_num_threads, largest_product, use_threads
 
 __all__ = ["CrossCheckError", "MLPModule"]
 
@@ -333,15 +333,10 @@ class MLPModule(L.LightningModule):
         threads = self.hparams.num_threads or choose_num_threads(self.net.sizes, rows)
         if not self.hparams.num_threads and self.flat.device.type == "cpu" and self.trainer.num_devices > 1:
             threads = max(1, threads // self.trainer.num_devices)  # the processes on this machine
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+        line = use_threads(threads, largest_product(self.net.sizes, rows), bool(self.hparams.num_threads))
         if getattr(self, "_threads_logged", None) != threads:
             self._threads_logged = threads
-            product = largest_product(self.net.sizes, rows)
-            rule = f"{'<' if threads == 1 else '>='} {SMALL_PRODUCT:,}; --model.num_threads to choose"
-            how = f"largest matrix product per update {product:,} multiply-adds, {rule}"
-            how = "--model.num_threads" if self.hparams.num_threads else how
-            rank_zero_info(f"threads: {threads} ({how})")
+            rank_zero_info(line)
 
     def setup(self, stage: str) -> None:
         world = self.trainer.world_size

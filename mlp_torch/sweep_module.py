@@ -38,7 +38,7 @@ from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule
 from mlp_torch.network import feedforward, per_member
 from mlp_torch.optim import GradientDescent, HeavyBall, Momentum, _add_scaled
 from mlp_torch.stacked import StackedMLP
-from mlp_torch.threads import SMALL_PRODUCT, choose_num_threads, largest_product
+from mlp_torch.threads import choose_num_threads, largest_product, use_threads
 
 __all__ = ["Convergence", "MemberStatus", "SweepModule"]
 
@@ -267,16 +267,11 @@ class SweepModule(L.LightningModule):
         threads = self.shared["num_threads"] or choose_num_threads(
             self.net.sizes, rows, members=self.n_members
         )
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+        product = largest_product(self.net.sizes, rows, self.n_members)
+        line = use_threads(threads, product, bool(self.shared["num_threads"]), " for all members")
         if getattr(self, "_threads_logged", None) != threads:
             self._threads_logged = threads
-            product = largest_product(self.net.sizes, rows, self.n_members)
-            rule = f"{'<' if threads == 1 else '>='} {SMALL_PRODUCT:,}; --model.num_threads to choose"
-            how = f"largest matrix product per update {product:,} multiply-adds for all members, {rule}"
-            rank_zero_info(
-                f"threads: {threads} ({'--model.num_threads' if self.shared['num_threads'] else how})"
-            )
+            rank_zero_info(line)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch  # the training split, (N, n_in) shared or (K, N, n_in) one per member

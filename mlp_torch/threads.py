@@ -22,7 +22,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-__all__ = ["SMALL_PRODUCT", "available_cores", "choose_num_threads", "largest_product"]
+import torch
+
+__all__ = ["SMALL_PRODUCT", "available_cores", "choose_num_threads", "largest_product", "use_threads"]
 
 SMALL_PRODUCT = 1 << 26  # multiply-adds (67M, ~5 ms on one core): below, one thread
 
@@ -49,3 +51,15 @@ def choose_num_threads(sizes: Sequence[int], rows: int, cores: int | None = None
     if largest_product(sizes, rows, members) < SMALL_PRODUCT:
         return 1
     return cores or available_cores()
+
+
+def use_threads(threads: int, product: int, by_option: bool, whose: str = "") -> str:
+    """Set ``threads`` intra-op threads (if not set already) and return the line that logs the
+    choice: ``threads: N (why)``, ``product`` being the update's largest matrix product (of
+    ``whose`` work, e.g. " for all members"), ``by_option`` whether ``--model.num_threads`` chose."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if by_option:
+        return f"threads: {threads} (--model.num_threads)"
+    rule = f"{'<' if threads == 1 else '>='} {SMALL_PRODUCT:,}; --model.num_threads to choose"
+    return f"threads: {threads} (largest matrix product per update {product:,} multiply-adds{whose}, {rule})"
