@@ -309,7 +309,8 @@ MLP_TORCH = [sys.executable, "-c", "import sys; from mlp_torch.command import ma
 def whole_process(args: list[str], busy: bool = False) -> tuple[float, str]:
     """Seconds from start to exit of ``mlp-torch ARGS`` in a temporary folder, and its output;
     with ``busy``, beside one CPU-bound process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    path = [str(ROOT), os.environ.get("PYTHONPATH")]  # the caller's too: packages installed there
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
     env.pop("OMP_NUM_THREADS", None)  # the default: as a user runs it
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
@@ -321,8 +322,8 @@ def whole_process(args: list[str], busy: bool = False) -> tuple[float, str]:
         if burner is not None:
             burner.kill()
             burner.wait()
-    if done.returncode not in (0, 1):
-        raise RuntimeError(f"mlp-torch {' '.join(args)} failed: {done.stderr[-500:]}")
+    if done.returncode != 0:  # a time of a run that failed would be no figure at all
+        raise RuntimeError(f"mlp-torch {' '.join(args)} exited {done.returncode}: {done.stderr[-500:]}")
     return seconds, done.stdout + done.stderr
 
 
@@ -425,7 +426,9 @@ def processes(rounds: int) -> dict:
         seconds, text = whole_process(["fit"])
         out["fit"].append(seconds)
         found = re.search(r"test/acc\s+([\d.]+)%", text)
-        accuracies.append(float(found.group(1)) if found else None)
+        if found is None:
+            raise RuntimeError(f"mlp-torch fit printed no test/acc: {text[-500:]}")
+        accuracies.append(float(found.group(1)))
         out["fit beside a busy process"].append(whole_process(["fit"], busy=True)[0])
         out["gradcheck"].append(whole_process(["gradcheck"])[0])
     result = {k: summary(v) for k, v in out.items()}
