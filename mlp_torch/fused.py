@@ -28,6 +28,7 @@ checks that both give the same gradients in float64 to a relative 1e-12.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -72,13 +73,25 @@ def fused_backprop(
     delta = COSTS[cost].delta(z, activations[-1], y)  # (n, n_L)
     if scale != 1.0:
         delta = delta * scale  # s delta_L: every later delta and gradient carries s
-    ones = x.new_ones(x.shape[-2])  # (n,): sum over examples as a matrix-vector product, far faster
+    ones = _ones(x.shape[-2], x.dtype, x.device)  # (n,): sum over examples as a mat-vec, far faster
     for i in range(last, -1, -1):
         torch.matmul(delta.mT, activations[i], out=grad_W[i])  # (n_l, n) @ (n, n_{l-1})
         torch.matmul(delta.mT, ones, out=grad_b[i])  # (n_l,) = sum_i delta_i
         if i:
-            delta = torch.ops.aten.sigmoid_backward(delta @ weights[i], activations[i])  # (n, n_{l-1})
+            delta = _sigmoid_backward(delta @ weights[i], activations[i])  # (n, n_{l-1})
     return z
+
+
+_sigmoid_backward = torch.ops.aten.sigmoid_backward.default  # g * a * (1 - a), one op; the overload
+# itself, bound once: through ``torch.ops.aten.sigmoid_backward`` each call also resolves it
+
+
+@functools.lru_cache(maxsize=16)
+def _ones(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(n,)`` ones, made once per size, dtype and device (every update of a batch size uses the
+    same); never written to. Made outside inference mode, so autograd may use them too."""
+    with torch.inference_mode(False):
+        return torch.ones(n, dtype=dtype, device=device)
 
 
 def _weighted_input(W: Tensor, a: Tensor, b: Tensor, out: Tensor | None) -> Tensor:

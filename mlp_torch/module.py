@@ -241,6 +241,8 @@ class MLPModule(L.LightningModule):
         self.weights, self.biases = self.net.weights, self.net.biases  # the same tensors, listed once
         self._flat_pointers = [p.data_ptr() for p in params]  # where each view starts
         self.n_weights = sum(W.numel() for W in self.weights)
+        self.flat_weights = self.flat[: self.n_weights]  # (P_w,): all weights, ...
+        self.flat_weight_grads = self.flat_grad[: self.n_weights]  # (P_w,): ... and their gradients
 
     def batch_gradient(
         self, x: Tensor, y: Tensor, scale: float, source: str, out: Tensor, z_out: Tensor | None = None
@@ -290,7 +292,8 @@ class MLPModule(L.LightningModule):
         l1, l2 = self.objective_kw["l1"], self.objective_kw["l2"]
         if not (l1 or l2):
             return
-        w, g = self.flat[: self.n_weights], out[: self.n_weights]  # (P_w,): all weights, all their grads
+        w = self.flat_weights  # (P_w,): all weights
+        g = self.flat_weight_grads if out is self.flat_grad else out[: self.n_weights]  # (P_w,): their grads
         if source == "manual":
             if l1:
                 g.add_(l1_grad(w, l1))
@@ -430,9 +433,9 @@ class MLPModule(L.LightningModule):
             y_local
         )  # (n_local, n_out): each example's z_L at the weights it was used with
         sums = self.flat.new_zeros(2, len(rows))  # (2, K): sum |w| and sum w^2 at each update's weights
-        sum_abs, sum_sq = sums.unbind(0)
-        l1_at, l2_at = sum_abs.unbind(), sum_sq.unbind()
-        w = self.flat[: self.n_weights]  # (P_w,): all weights
+        l1, l2 = hp.l1, hp.l2
+        l1_at, l2_at = (row.unbind() if on else None for row, on in zip(sums.unbind(0), (l1, l2)))
+        w = self.flat_weights  # (P_w,): all weights
         opt = self.optimizers(use_pl_optimizer=False)
         step = opt.update if _unhooked(opt) else opt.step
         mean, source, every = hp.reduction == "mean", hp.grad_source, hp.crosscheck_every_n_steps
@@ -442,12 +445,12 @@ class MLPModule(L.LightningModule):
             for updates in chunks:  # one chunk (all of this rank's examples) unless streamed
                 lo, hi = rows[updates.start].start, rows[updates.stop - 1].stop
                 xc, yc = self._to_device(x, y, index[lo:hi], y_local[lo:hi]) if streamed else (x, y)
-                for k in updates:
-                    r = rows[k]
-                    xb, yb, zb = xc[r.start - lo : r.stop - lo], yc[r.start - lo : r.stop - lo], z_out[r]
-                    if hp.l1:
+                lengths = [rows[k].stop - rows[k].start for k in updates]
+                batches = zip(updates, xc.split(lengths), yc.split(lengths), z_out[lo:hi].split(lengths))
+                for k, xb, yb, zb in batches:  # update k's examples, targets and z_L
+                    if l1:
                         torch.linalg.vector_norm(w, 1, out=l1_at[k])
-                    if hp.l2:
+                    if l2:
                         torch.dot(w, w, out=l2_at[k])
                     scale = 1.0 / sizes[k] if mean else 1.0  # the GLOBAL batch's scale
                     self._chunked_data_gradient(xb, yb, scale, source, self.flat_grad, zb)
