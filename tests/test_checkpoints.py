@@ -190,6 +190,28 @@ def test_last_ckpt_is_the_last_epoch_and_the_best_is_kept(tmp_path):
     assert torch.load(folder / "last.ckpt", weights_only=True)["epoch"] == 4
 
 
+def test_each_epoch_writes_last_once_and_best_only_when_better(tmp_path, monkeypatch):
+    from mlp_torch.cli import make_cli
+
+    monkeypatch.chdir(tmp_path)
+    saved = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def recording_save(self, ckpt, path, **kw):
+        saved.append((Path(path).name, ckpt["epoch"]))
+        save(self, ckpt, path, **kw)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recording_save)
+    args = [*XOR, "--trainer.max_epochs", "6", "--convergence.enabled", "false"]
+    cli = make_cli(args, run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    lasts = [epoch for name, epoch in saved if name == "last.ckpt"]
+    bests = [epoch for name, epoch in saved if name.startswith("best-")]
+    assert lasts == list(range(6))  # every epoch, once
+    assert bests and len(set(bests)) == len(bests) and bests[0] == 0  # each new best, once
+    assert len(saved) == len(lasts) + len(bests)
+
+
 SCHEDULER = [
     "--model.lr_scheduler",
     "torch.optim.lr_scheduler.ExponentialLR",
