@@ -336,6 +336,8 @@ class MLPModule(L.LightningModule):
         threads = self.hparams.num_threads or choose_num_threads(self.net.sizes, rows)
         if not self.hparams.num_threads and self.flat.device.type == "cpu" and self.trainer.num_devices > 1:
             threads = max(1, threads // self.trainer.num_devices)  # the processes on this machine
+        if getattr(self, "_threads_logged", None) == threads == torch.get_num_threads():
+            return  # every epoch after the first: nothing to set or log
         line = use_threads(threads, largest_product(self.net.sizes, rows), bool(self.hparams.num_threads))
         if getattr(self, "_threads_logged", None) != threads:
             self._threads_logged = threads
