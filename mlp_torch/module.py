@@ -333,17 +333,20 @@ class MLPModule(L.LightningModule):
     def _set_threads(self, rows: int) -> None:
         """Intra-op threads by :func:`mlp_torch.threads.choose_num_threads` (or ``num_threads``),
         the machine's cores shared among its DDP processes on the CPU; logged once."""
+        decided = getattr(self, "_threads_decided", None)  # (rows, threads) of the last epoch
+        if decided is not None and decided[0] == rows and decided[1] == torch.get_num_threads():
+            return  # every epoch after the first: nothing to choose, set or log
         threads = self.hparams.num_threads or choose_num_threads(self.net.sizes, rows)
         if not self.hparams.num_threads and self.flat.device.type == "cpu" and self.trainer.num_devices > 1:
             threads = max(1, threads // self.trainer.num_devices)  # the processes on this machine
-        if getattr(self, "_threads_logged", None) == threads == torch.get_num_threads():
-            return  # every epoch after the first: nothing to set or log
         line = use_threads(threads, largest_product(self.net.sizes, rows), bool(self.hparams.num_threads))
+        self._threads_decided = (rows, threads)
         if getattr(self, "_threads_logged", None) != threads:
             self._threads_logged = threads
             rank_zero_info(line)
 
     def setup(self, stage: str) -> None:
+        self._threads_decided = None  # a new run (another trainer, devices): choose again
         world = self.trainer.world_size
         self.check_world_size(world)
         if world > 1:  # the module reduces its epoch metrics over the ranks itself: Lightning's hint is moot
