@@ -680,6 +680,8 @@ class MLPDataModule(LightningDataModule):
         the model moves it chunk by chunk (``train_chunk_rows`` examples at a time)."""
         if self.train_chunk_rows is not None and self.trainer is not None and self.trainer.training:
             return batch
+        if isinstance(batch, tuple) and all(isinstance(t, Tensor) and t.device == device for t in batch):
+            return batch  # held there already (the usual case): nothing to walk or move, every epoch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def chunk_rows(self, device: torch.device) -> int | None:
