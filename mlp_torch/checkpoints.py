@@ -208,7 +208,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             self.wait()
 
     def remove_checkpoint(self, path) -> None:
-        self._submit(super().remove_checkpoint, path)
+        """Remove the file ``path`` (in order with the writes); never a folder, and a link itself,
+        not what it points to."""
+        self._submit(_remove_file, Path(path))
 
     def load_checkpoint(
         self, path, map_location: Any = None, weights_only: bool | None = None
@@ -259,11 +261,60 @@ class EpochCheckpoint(ModelCheckpoint):
         return candidates
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """The same folder named another way (relative or absolute) is the same folder."""
-        saved = state_dict.get("dirpath")
-        if saved and self.dirpath and os.path.realpath(saved) == os.path.realpath(self.dirpath):
-            state_dict = {**state_dict, "dirpath": self.dirpath}
-        super().load_state_dict(state_dict)
+        """Restore the best-checkpoint bookkeeping, trusting no path the checkpoint stores.
+
+        Each stored path (``last_model_path``, ``best_model_path``, ``kth_best_model_path``, the keys
+        of ``best_k_models``, ``dirpath``) is taken by its file name alone, inside THIS run's
+        checkpoint folder, and kept only where such a checkpoint file is there. So a run that was
+        moved or copied continues in the folder it is in (rewriting its own ``last.ckpt``, not a
+        ``last-v1.ckpt``), and a crafted path such as ``<dirpath>/../../victim`` is dropped: it
+        can never make a later save or removal touch a file outside the run."""
+        best_k = {}
+        for path, score in (state_dict.get("best_k_models") or {}).items():
+            here = self._here(path)
+            if here is not None and isinstance(score, Tensor) and score.numel() == 1:
+                best_k[here] = score
+        clean = {
+            **state_dict,
+            "dirpath": self.dirpath,
+            "best_k_models": best_k,
+            "last_model_path": self._here(state_dict.get("last_model_path")) or "",
+        }
+        if best_k:  # the best and the k-th best follow from the scores that are still there
+            best, worst = (min, max) if self.mode == "min" else (max, min)
+            clean["best_model_path"] = best(best_k, key=lambda p: float(best_k[p]))
+            clean["best_model_score"] = best_k[clean["best_model_path"]]
+            clean["kth_best_model_path"] = worst(best_k, key=lambda p: float(best_k[p]))
+            clean["kth_value"] = best_k[clean["kth_best_model_path"]]
+        else:
+            clean["best_model_path"] = self._here(state_dict.get("best_model_path")) or ""
+            clean["best_model_score"] = state_dict.get("best_model_score") if clean["best_model_path"] else None
+            clean["kth_best_model_path"] = ""
+            clean["kth_value"] = self.kth_value
+        super().load_state_dict(clean)
+
+    def _here(self, path: object) -> str | None:
+        """``<this run's checkpoint folder>/<path's file name>`` if that is a checkpoint file
+        there (a ``.ckpt``, not hidden, not a folder), else ``None``."""
+        if not isinstance(path, str) or not path or self.dirpath is None:
+            return None
+        name = Path(path).name
+        if not name.endswith(".ckpt") or name.startswith("."):
+            return None
+        candidate = Path(self.dirpath) / name
+        return str(candidate) if candidate.is_file() else None
+
+    def _remove_checkpoint(self, trainer, filepath: str) -> None:
+        """Remove ``filepath`` only if it is a file directly in this run's checkpoint folder."""
+        path = Path(filepath)
+        inside = self.dirpath is not None and os.path.realpath(path.parent) == os.path.realpath(self.dirpath)
+        if inside and (path.is_symlink() or path.is_file()):
+            super()._remove_checkpoint(trainer, filepath)
+
+
+def _remove_file(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
 
 
 def newest_hpc_checkpoint(folder: str | Path) -> Path | None:

@@ -65,6 +65,7 @@ class MLPCLI(LightningCLI):
                 "checkpoint.mode": "min",
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{epoch}",
+                "checkpoint.enable_version_counter": False,  # the run folder is ours: last.ckpt is rewritten
                 "model.optimizer": {
                     "class_path": "mlp_torch.optim.Momentum",
                     "init_args": {"lr": DEFAULT_LR, "alpha": DEFAULT_ALPHA},
@@ -425,10 +426,10 @@ def _resolve_ckpt_path(subcommand: str, config) -> Path | None:
         raise ValueError(
             f"--ckpt_path {ckpt} needs the TensorBoard logger's run folders; give a checkpoint file"
         )
-    lasts = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    lasts = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     if not lasts:
         raise CheckpointError(
-            f"--ckpt_path {ckpt}: no run with a last.ckpt under {root} (version_*/checkpoints); "
+            f"--ckpt_path {ckpt}: no run with a last.ckpt under {root} (*/checkpoints); "
             "run `mlp-torch fit` first (with the same --trainer.default_root_dir) or give a checkpoint file"
         )
     if ckpt == "last":
@@ -516,13 +517,7 @@ def _plan_run(subcommand: str, config, ckpt: Path | None) -> _RunPlan:
     init, root = _tensorboard_init(config), _runs_root(config)
     if init is None:
         return _RunPlan()
-    run = None
-    if (
-        ckpt is not None
-        and ckpt.parent.name == "checkpoints"
-        and ckpt.parent.parent.name.startswith("version_")
-    ):
-        run = ckpt.parent.parent
+    run = _run_folder_of(ckpt)
     if run is not None:
         init.save_dir, init.name, init.version = str(run.parent.parent), run.parent.name, run.name
         if subcommand != "fit":
@@ -542,6 +537,16 @@ def _plan_run(subcommand: str, config, ckpt: Path | None) -> _RunPlan:
         versions = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
         init.version = f"version_{max(versions, default=-1) + 1}"
     return _RunPlan(root / init.version, subcommand == "fit", None)
+
+
+def _run_folder_of(ckpt: Path | None) -> Path | None:
+    """The run folder a checkpoint lies in, ``RUN/checkpoints/NAME.ckpt``, wherever the run was
+    moved or copied to (a ``version_N`` folder, or any folder holding its ``config.yaml``), else
+    ``None``."""
+    if ckpt is None or ckpt.parent.name != "checkpoints":
+        return None
+    run = ckpt.parent.parent
+    return run if run.name.startswith("version_") or (run / "config.yaml").is_file() else None
 
 
 class _RecordInCheckpoint(Callback):
