@@ -137,9 +137,12 @@ class LearningRateDiagnostics(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """A resumed run counts the J rises of the whole run, not only of the resumed part."""
-        self.previous_J = state_dict["previous_J"]
-        self.increases = list(state_dict.get("increases", []))
-        self.largest_rise = state_dict.get("largest_rise", 0.0)
+        increases = state_dict.get("increases", [])
+        if not isinstance(increases, list) or not all(isinstance(m, str) for m in increases):
+            raise ValueError(f"increases must be a list of messages, got {type(increases).__name__}")
+        self.previous_J = _number_or_none(state_dict, "previous_J")
+        self.increases = list(increases)
+        self.largest_rise = _number_or_none({"largest_rise": 0.0, **state_dict}, "largest_rise")
 
 
 class ConvergenceStop(Callback):
@@ -181,4 +184,17 @@ class ConvergenceStop(Callback):
         return {"previous_J": self.previous_J, "count": self.count}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.previous_J, self.count = state_dict["previous_J"], state_dict["count"]
+        count = state_dict.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"count must be an integer >= 0, got {count!r}")
+        self.previous_J, self.count = _number_or_none(state_dict, "previous_J"), count
+
+
+def _number_or_none(state: dict, key: str) -> float | None:
+    """``state[key]``, a number or None (a saved callback state); ``ValueError`` if it is not."""
+    if key not in state:
+        raise ValueError(f"{key} is missing")
+    value = state[key]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"{key} must be a number or None, got {type(value).__name__}")
+    return value

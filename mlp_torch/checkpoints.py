@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import io
 import os
@@ -45,6 +46,7 @@ __all__ = [
     "atomic_save",
     "atomic_write",
     "check_class_paths",
+    "check_training_state",
     "newest_hpc_checkpoint",
     "read_checkpoint",
     "remove_stale_temp_files",
@@ -100,7 +102,113 @@ def read_checkpoint(path: str | Path, what: str = "--ckpt_path") -> dict[str, An
             f"{what} {path}: has weights but no training state (no 'pytorch-lightning_version'); "
             "give a .ckpt written by mlp-torch fit"
         )
+    for name, value in state["state_dict"].items():
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            raise CheckpointError(f"{what} {path}: its entry {name!r} is not a tensor of weights")
+        if not bool(torch.isfinite(value).all()):
+            raise CheckpointError(
+                f"{what} {path}: its weights are not finite (NaN or inf in {name}); give a checkpoint "
+                "from before training diverged"
+            )
     return state
+
+
+def check_training_state(state: dict[str, Any], where: str, stage: str, trainer, optimizer_factory,
+                         scheduler_factory, flat: Tensor) -> None:  # fmt: skip
+    """Raise :class:`CheckpointError` unless ``state``'s training state can be restored into this
+    run: its loop counters have the shape of ``trainer``'s (``stage``: ``"fit"``, ``"validate"``,
+    ``"test"``, ``"predict"``); with ``"fit"`` its optimizer's class is the one configured and its
+    state makes a step of a stand-in for the flat parameter tensor ``flat``, its scheduler's
+    state loads, and each callback's state loads into a copy of that callback. Nothing of the run
+    is touched: a resume that would fail half-way is refused before anything is written."""
+    loops = state.get("loops")
+    loop = f"{stage}_loop"
+    if loops is not None:
+        if not isinstance(loops, dict) or not isinstance(loops.get(loop), dict):
+            raise CheckpointError(
+                f"{where}: its loop state has no mapping {loop!r}; give a .ckpt written by mlp-torch fit"
+            )
+        fresh = getattr(trainer, loop if stage != "validate" else "validate_loop").state_dict()
+        wrong = _first_mismatch(fresh, loops[loop], loop)
+        if wrong:
+            raise CheckpointError(
+                f"{where}: its loop state is not one mlp-torch writes ({wrong}); "
+                "give a .ckpt written by mlp-torch fit"
+            )
+    if stage != "fit":
+        return
+    saved = (state.get("hyper_parameters") or {}).get("optimizer")
+    dummy = torch.nn.Parameter(torch.zeros_like(flat, device="cpu"))
+    optimizer = optimizer_factory([dummy])
+    saved_class = saved.get("class_path") if isinstance(saved, dict) else None
+    given = f"{type(optimizer).__module__}.{type(optimizer).__name__}"
+    if saved_class and saved_class.rsplit(".", 1)[-1] != type(optimizer).__name__:
+        raise CheckpointError(
+            f"{where}: the run trained with {saved_class}, not {given}: a resume continues the same "
+            "optimizer (its state is that class's); leave --model.optimizer out, or start a new run "
+            "(leave out --ckpt_path)"
+        )
+    states = state.get("optimizer_states")
+    if not isinstance(states, list) or len(states) != 1 or not isinstance(states[0], dict):
+        raise CheckpointError(
+            f"{where}: it holds no optimizer state of one optimizer; give a .ckpt written by mlp-torch fit"
+        )
+    try:
+        optimizer.load_state_dict(copy.deepcopy(states[0]))
+        dummy.grad = torch.zeros_like(dummy)
+        optimizer.step()
+    except Exception as err:  # a wrong shape, a missing setting, garbage: anything load or step raises
+        raise CheckpointError(
+            f"{where}: its optimizer state does not fit this run's {type(optimizer).__name__} over "
+            f"{flat.numel()} parameters ({_first_line(err)}); give a .ckpt that mlp-torch fit wrote "
+            "for this network"
+        ) from None
+    if scheduler_factory is not None:
+        schedulers = state.get("lr_schedulers")
+        try:
+            scheduler_factory(optimizer).load_state_dict(copy.deepcopy(schedulers[0]))
+        except Exception as err:
+            raise CheckpointError(
+                f"{where}: its learning-rate schedule's state does not fit the configured scheduler "
+                f"({_first_line(err)}); leave --model.lr_scheduler as the run had it, or start a new run"
+            ) from None
+    saved_callbacks = state.get("callbacks") or {}
+    if not isinstance(saved_callbacks, dict):
+        raise CheckpointError(f"{where}: its callbacks' state is not a mapping")
+    for callback in trainer.callbacks:
+        if callback.state_key in saved_callbacks:
+            try:
+                copy.deepcopy(callback).load_state_dict(copy.deepcopy(saved_callbacks[callback.state_key]))
+            except Exception as err:
+                raise CheckpointError(
+                    f"{where}: the state of its {type(callback).__name__} cannot be restored "
+                    f"({_first_line(err)}); give a .ckpt written by mlp-torch fit"
+                ) from None
+
+
+def _first_mismatch(fresh: object, saved: object, where: str) -> str:
+    """Where ``saved`` differs in shape from ``fresh`` (a missing key, a dict for a number, a
+    number of another kind), as ``"key: what"``; ``""`` if it has fresh's shape."""
+    if isinstance(fresh, dict):
+        if not isinstance(saved, dict):
+            return f"{where} is {type(saved).__name__}, not a mapping"
+        for key, value in fresh.items():
+            if key not in saved:
+                return f"{where}.{key} is missing"
+            wrong = _first_mismatch(value, saved[key], f"{where}.{key}")
+            if wrong:
+                return wrong
+        return ""
+    if isinstance(fresh, bool) != isinstance(saved, bool) or not isinstance(saved, type(fresh)):
+        return f"{where} is {type(saved).__name__}, not {type(fresh).__name__}"
+    if isinstance(saved, int) and not isinstance(saved, bool) and saved < 0:
+        return f"{where} is negative"
+    return ""
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def allowed_class_path(class_path: object) -> bool:
@@ -287,8 +395,9 @@ class EpochCheckpoint(ModelCheckpoint):
             clean["kth_best_model_path"] = worst(best_k, key=lambda p: float(best_k[p]))
             clean["kth_value"] = best_k[clean["kth_best_model_path"]]
         else:
-            clean["best_model_path"] = self._here(state_dict.get("best_model_path")) or ""
-            clean["best_model_score"] = state_dict.get("best_model_score") if clean["best_model_path"] else None
+            best = self._here(state_dict.get("best_model_path"))
+            clean["best_model_path"] = best or ""
+            clean["best_model_score"] = state_dict.get("best_model_score") if best else None
             clean["kth_best_model_path"] = ""
             clean["kth_value"] = self.kth_value
         super().load_state_dict(clean)
@@ -305,10 +414,12 @@ class EpochCheckpoint(ModelCheckpoint):
         return str(candidate) if candidate.is_file() else None
 
     def _remove_checkpoint(self, trainer, filepath: str) -> None:
-        """Remove ``filepath`` only if it is a file directly in this run's checkpoint folder."""
-        path = Path(filepath)
-        inside = self.dirpath is not None and os.path.realpath(path.parent) == os.path.realpath(self.dirpath)
-        if inside and (path.is_symlink() or path.is_file()):
+        """Remove ``filepath`` only if it lies directly in this run's checkpoint folder (and is a
+        file: :meth:`AtomicCheckpointIO.remove_checkpoint` looks, in order with the writes)."""
+        inside = self.dirpath is not None and os.path.realpath(Path(filepath).parent) == os.path.realpath(
+            self.dirpath
+        )
+        if inside:
             super()._remove_checkpoint(trainer, filepath)
 
 

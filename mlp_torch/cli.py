@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import shutil
 import sys
 import time
 import warnings
+from argparse import ArgumentError
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from mlp_torch.checkpoints import (
     EpochCheckpoint,
     RunLock,
     check_class_paths,
+    check_training_state,
     newest_hpc_checkpoint,
     read_checkpoint,
     remove_stale_temp_files,
@@ -43,6 +46,7 @@ from mlp_torch.checkpoints import (
 from mlp_torch.command import PROG, main, run_reporting_errors
 from mlp_torch.data import MLPDataModule, from_unit_range
 from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule
+from mlp_torch.optim import Momentum
 from mlp_torch.progress import EpochProgressBar
 
 __all__ = ["MLPCLI", "main", "make_cli", "read_checkpoint", "run_reporting_errors"]  # main: mlp_torch.command
@@ -53,7 +57,14 @@ print0 = rank_zero_only(print)  # under DDP every process runs the CLI: one of t
 
 class MLPCLI(LightningCLI):
     """LightningCLI with the data linked into the model, the notes' callbacks always on, and
-    checkpoints and run folders handled by :mod:`mlp_torch.checkpoints`."""
+    checkpoints and run folders handled by :mod:`mlp_torch.checkpoints`.
+
+    ``dry_run=True``: parse, build and check as the subcommand would, and stop before it
+    creates, locks or writes anything."""
+
+    def __init__(self, *args, dry_run: bool = False, **kwargs) -> None:
+        self.dry_run = dry_run
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(LearningRateDiagnostics, "diagnostics")
@@ -154,6 +165,9 @@ class MLPCLI(LightningCLI):
         self.trainer.callbacks.append(_RecordInCheckpoint(record, saved.get("init_args") or {}))
 
     def _run_subcommand(self, subcommand: str) -> None:
+        if self.dry_run:
+            self._check_run(subcommand)
+            return
         try:
             super()._run_subcommand(subcommand)
         finally:  # the run folder is free again once the command is done, however it ended
@@ -162,22 +176,40 @@ class MLPCLI(LightningCLI):
                 lock.release()
 
     def _check_checkpoint_fits(self) -> None:
-        """The checkpoint's weights must have the shapes of the configured network."""
+        """The checkpoint's weights must be those of the configured network, and its training
+        state one that restores into this run (:func:`checkpoints.check_training_state`)."""
         state = self._checkpoint
         if state is None:
             return
+        where = f"--ckpt_path {self.config[self.subcommand].ckpt_path}"
         expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items() if k.startswith("net.")}
         found = {k: tuple(v.shape) for k, v in state["state_dict"].items() if k.startswith("net.")}
         if found != expected:
-            weights = sorted(k for k in found if k.endswith("weight"))
-            sizes = [found[k][1] for k in weights[:1]] + [found[k][0] for k in weights]
             trained_on = (state.get("datamodule_hyper_parameters") or {}).get("dataset")
             on = f" (trained on {trained_on})" if trained_on else ""
+            missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+            if missing or extra:
+                what = (
+                    f"lack {', '.join(missing)}, which the configured network has"
+                    if missing
+                    else f"have {', '.join(extra)}, which the configured network lacks"
+                )
+                raise ValueError(
+                    f"{where}: its weights{on} {what}; give a checkpoint that mlp-torch fit wrote for "
+                    "this network"
+                )
+            weights = sorted(k for k in found if k.endswith("weight"))
+            sizes = [found[k][1] for k in weights[:1]] + [found[k][0] for k in weights]
             raise ValueError(
-                f"--ckpt_path {self.config[self.subcommand].ckpt_path}: its network has sizes {sizes}{on}, "
+                f"{where}: its network has sizes {sizes}{on}, "
                 f"the configured one {self.model.net.sizes} (data {self.datamodule.dataset}); "
                 "leave out the options that change the data or the network, or give a matching checkpoint"
             )
+        flat = torch.cat([p.detach().reshape(-1) for p in self.model.net.parameters()])
+        check_training_state(
+            state, where, self.subcommand, self.trainer, self.model.optimizer_factory or _default_optimizer,
+            self.model.scheduler_factory, flat,
+        )  # fmt: skip
 
     def _check_optimizer(self) -> None:
         """Build the optimizer and scheduler once on a dummy parameter: a bad lr or alpha fails
@@ -220,20 +252,26 @@ class MLPCLI(LightningCLI):
         self._lock = RunLock(run.folder).acquire()
         remove_stale_temp_files(run.folder / "checkpoints")
 
-    def before_validate(self) -> None:
+    def _check_run(self, subcommand: str) -> None:
+        """Every check of ``subcommand`` that needs the built model, data and trainer; nothing
+        is written."""
         self._check_checkpoint_fits()
+        if subcommand == "fit":
+            self.model.check_world_size(self.trainer.world_size)  # before DDP starts the other processes
+            self._check_optimizer()
+            self._check_monitor()
+
+    def before_validate(self) -> None:
+        self._check_run("validate")
 
     def before_test(self) -> None:
-        self._check_checkpoint_fits()
+        self._check_run("test")
 
     def before_predict(self) -> None:
-        self._check_checkpoint_fits()
+        self._check_run("predict")
 
     def before_fit(self) -> None:
-        self._check_checkpoint_fits()
-        self.model.check_world_size(self.trainer.world_size)  # before DDP starts the other processes
-        self._check_optimizer()
-        self._check_monitor()
+        self._check_run("fit")
         self._take_run_folder()
         self._started = time.perf_counter()
         print0(f"data: {self.datamodule.describe()}")
@@ -292,12 +330,17 @@ class MLPCLI(LightningCLI):
         print0("\n".join(lines))
 
     def after_predict(self) -> None:
-        """Write the test split's predictions to ``predictions.csv`` in the run's log folder."""
+        """Write the test split's predictions to ``predictions.csv`` in the run's log folder
+        (``predictions-1.csv``, ``-2``, ... when earlier ones are there: none is overwritten)."""
         batches = self.trainer.predict_loop.predictions or []
         if not batches or not self.trainer.is_global_zero:  # under DDP every rank predicts the whole split
             return
         outputs = torch.cat([b.reshape(len(b), -1) for b in batches]).cpu()  # (n, k)
-        path = Path(self.trainer.log_dir or ".") / "predictions.csv"
+        folder = Path(self.trainer.log_dir or ".")
+        path, n = folder / "predictions.csv", 0
+        while path.exists():
+            n += 1
+            path = folder / f"predictions-{n}.csv"
         write_predictions(path, outputs, self.datamodule)
         print(f"mlp-torch predict: {len(outputs)} predictions of the test split written to {path}")
 
@@ -355,7 +398,7 @@ def write_predictions(path: Path, outputs: torch.Tensor, dm: MLPDataModule) -> N
     """
     rows = dm.rows_test.cpu().tolist()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    with path.open("x", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         if dm.task == "classification":
             p = outputs / outputs.sum(dim=1, keepdim=True)  # (n, k)
@@ -477,6 +520,9 @@ def _checkpoint_defaults(state: dict, ckpt: Path, parser) -> dict:
     return defaults
 
 
+SUPPORTED_PRECISIONS = (None, "32-true", "32", 32)
+
+
 def _check_settings(subcommand: str, config, state: dict | None) -> None:
     """Trainer values that Lightning would only reject with a traceback, or too late."""
     trainer = config.trainer
@@ -486,6 +532,13 @@ def _check_settings(subcommand: str, config, state: dict | None) -> None:
     every = trainer.get("check_val_every_n_epoch")
     if every is not None and (isinstance(every, bool) or every < 1):
         raise ValueError(f"--trainer.check_val_every_n_epoch={every!r} must be an integer >= 1 (or null)")
+    precision = trainer.get("precision")
+    if precision not in SUPPORTED_PRECISIONS:
+        raise ValueError(
+            f"--trainer.precision {precision} is not supported: mlp-torch computes in --model.dtype "
+            "(float32 or float64) itself; leave --trainer.precision out (or give 32-true), and give "
+            "--model.dtype float64 for 64-bit"
+        )
     if subcommand == "fit" and state is not None and max_epochs not in (None, -1):
         done = _completed_epochs(state)
         if max_epochs < done:
@@ -537,6 +590,10 @@ def _plan_run(subcommand: str, config, ckpt: Path | None) -> _RunPlan:
         versions = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
         init.version = f"version_{max(versions, default=-1) + 1}"
     return _RunPlan(root / init.version, subcommand == "fit", None)
+
+
+def _default_optimizer(params) -> torch.optim.Optimizer:
+    return Momentum(params, lr=DEFAULT_LR, alpha=DEFAULT_ALPHA)
 
 
 def _run_folder_of(ckpt: Path | None) -> Path | None:
@@ -600,17 +657,27 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
-def make_cli(args: list[str] | None, run: bool = True) -> MLPCLI:
+def make_cli(args: list[str] | None, run: bool = True, dry_run: bool = False) -> MLPCLI:
     """The ``mlp-torch`` LightningCLI on ``args`` (``None``: ``sys.argv``). ``run=False`` only
-    builds the model, data and trainer (no subcommand), as ``scripts/cv.py`` does."""
+    builds the model, data and trainer (no subcommand), as ``scripts/cv.py`` does; ``dry_run``
+    makes every check a subcommand makes before it writes anything, then stops (as
+    ``--print_config`` needs: it prints only a config that would run)."""
     quiet_lightning()
     try:
-        return _make_cli(args, run)
+        return _make_cli(args, run, dry_run)
     except MisconfigurationException as err:  # Lightning's word for a bad trainer or callback value
         raise ValueError(str(err)) from None
+    except ArgumentError as err:
+        linked = re.search(r"argument (\S+) --> (\S+): ", str(err))
+        if linked is None:
+            raise
+        source, target = linked.groups()
+        raise ValueError(
+            f"--{target} is set from --{source} (they are linked): give --{source} instead"
+        ) from None
 
 
-def _make_cli(args: list[str] | None, run: bool) -> MLPCLI:
+def _make_cli(args: list[str] | None, run: bool, dry_run: bool) -> MLPCLI:
     return MLPCLI(
         MLPModule,
         MLPDataModule,
@@ -634,6 +701,7 @@ def _make_cli(args: list[str] | None, run: bool) -> MLPCLI:
         auto_configure_optimizers=False,
         args=args,
         run=run,
+        dry_run=dry_run,
     )
 
 

@@ -80,15 +80,21 @@ def gradcheck(
     """
     import torch
 
-    from mlp_torch.gradcheck import gradient_check
+    from mlp_torch.gradcheck import check_gradient_check_size, gradient_check
     from mlp_torch.network import SigmoidMLP
+    from mlp_torch.threads import choose_num_threads
 
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but no CUDA device is available: use --device cpu")
     if isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    if isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed={seed!r} is out of range: give an integer in [0, 2**63)")
+    net = SigmoidMLP(sizes, init=init, bias_init=bias_init, seed=seed)
+    check_gradient_check_size(net.sizes, batch_size)
+    torch.set_num_threads(choose_num_threads(net.sizes, batch_size))  # as fit chooses (mlp_torch.threads)
     float_type = getattr(torch, dtype)
-    net = SigmoidMLP(sizes, init=init, bias_init=bias_init, seed=seed).to(device=device, dtype=float_type)
+    net = net.to(device=device, dtype=float_type)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, sizes[0], generator=gen, dtype=torch.float64)  # (n, n_in)
     if cost == "cross_entropy":  # one-hot targets, (n, n_out)
@@ -126,6 +132,7 @@ def _run(args: list[str], from_command_line: bool) -> int:
     if args[0] == "gradcheck":
         return _gradcheck_cli(args[1:])
     if args[0] == "sweep":
+        check_config_files(args)
         from mlp_torch.sweep import sweep_main  # imports Lightning
 
         return sweep_main(args[1:])
@@ -133,10 +140,81 @@ def _run(args: list[str], from_command_line: bool) -> int:
         raise ArgumentError(
             None, f"unknown subcommand {args[0]!r}: use one of {', '.join(SUBCOMMANDS)} (see {PROG} --help)"
         )
+    check_config_files(args)
     from mlp_torch.cli import make_cli  # imports Lightning
 
-    make_cli(None if from_command_line else args)  # LightningCLI reads sys.argv itself
+    if any(a == "--print_config" or a.startswith("--print_config=") for a in args):
+        checked = [a for a in args if a != "--print_config" and not a.startswith("--print_config=")]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            make_cli(checked, dry_run=True)  # a config is printed only if it would run
+    try:
+        make_cli(None if from_command_line else args)  # LightningCLI reads sys.argv itself
+    except SystemExit as err:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(err, SIGTERMException):
+            raise Terminated(
+                "terminated by SIGTERM; last.ckpt holds the last completed epoch: "
+                "resume with --ckpt_path last"
+            ) from None
+        raise
     return 0
+
+
+class Terminated(RuntimeError):
+    """The run received SIGTERM and stopped after its epoch (exit code 128 + 15)."""
+
+
+MAX_CONFIG_VALUES = 100_000  # values in one --config file, YAML aliases expanded
+MAX_CONFIG_DEPTH = 64
+
+
+def check_config_files(args: list[str]) -> None:
+    """Raise ``ValueError`` for a ``--config`` file that is not YAML, or whose YAML aliases make a
+    cycle (``a: &a [*a]``) or expand beyond :data:`MAX_CONFIG_VALUES` values: jsonargparse would
+    recurse until Python gives up, or hang."""
+    import yaml
+
+    files = [b for a, b in zip(args, args[1:]) if a in ("--config", "-c")]
+    files += [a.partition("=")[2] for a in args if a.startswith("--config=")]
+    for name in files:
+        if not os.path.isfile(name):
+            continue  # a YAML string, or a missing file: jsonargparse says which
+        try:
+            with open(name, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"--config {name}: cannot be read ({getattr(err, 'strerror', None) or err})"
+            ) from None
+        except yaml.YAMLError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"--config {name}: not valid YAML ({first})") from None
+        _check_yaml_value(data, name)
+
+
+def _check_yaml_value(data: object, name: str) -> None:
+    count, stack = 0, [(data, ())]  # (value, the ids of the containers above it)
+    while stack:
+        value, above = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ValueError(
+                f"--config {name}: expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases "
+                "repeated within aliases?); write the settings out plainly"
+            )
+        if not isinstance(value, (dict, list)):
+            continue
+        if id(value) in above:
+            raise ValueError(
+                f"--config {name}: a YAML alias refers to a value that contains it (a cycle, like "
+                "'a: &a [*a]'); remove that alias"
+            )
+        if len(above) >= MAX_CONFIG_DEPTH:
+            raise ValueError(f"--config {name}: nests deeper than {MAX_CONFIG_DEPTH} levels; flatten it")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, (*above, id(value))) for child in children)
 
 
 def _one_line(err: BaseException) -> str:
@@ -168,6 +246,9 @@ def run_reporting_errors(run: Callable[[], int], prog: str = PROG) -> int:
         return run()
     try:
         return run()
+    except Terminated as err:
+        print(f"{prog}: training stopped: {_one_line(err)}", file=sys.stderr)
+        return 128 + 15
     except RuntimeError as err:
         if not _training_failure(err):
             raise

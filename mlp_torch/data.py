@@ -22,7 +22,10 @@ Conventions, fixed here and tested in tests/test_data.py:
 """
 
 import csv
+import errno
 import math
+import os
+import stat
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -96,71 +99,95 @@ def make_sine(n_samples: int, noise: float, seed: int) -> tuple[np.ndarray, np.n
 
 
 # ---------------------------------------------------------------------------------------------
-# User files. Their messages leave out the file name: MLPDataModule puts it in front.
+# User files. Their messages leave out the file name: MLPDataModule puts it in front. They never
+# quote the file's content (a header, a cell): a path can come from a checkpoint, and an error
+# must not print another file's first line. They say where instead: the column's number, the line.
 
 
 def read_csv(path: str | Path, target: str) -> tuple[np.ndarray, np.ndarray]:
     """Read a CSV file with a header row: column ``target`` is the target, the rest inputs.
 
     Returns:
-        ``x`` ``(n, d)`` float64 and the raw targets ``(n,)``: float64 if every value is a
-        number, else text (``str``).
+        ``x`` ``(n, d)`` float64 and the raw targets ``(n,)``: int64 if every value is an
+        integer that fits in 64 bits (read exactly, not through a float), float64 if every value
+        is a number, else text (``str``; integers beyond 64 bits are kept as their digits).
     """
     try:
         with open(path, newline="", encoding="utf-8-sig") as file:
             reader = csv.reader(file)
             rows = [(reader.line_num, row) for row in reader if row]  # blank lines skipped
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"cannot be read as UTF-8 CSV text ({err})") from None
+        why = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise DataError(f"cannot be read as UTF-8 CSV text ({why})") from None
     if not rows:
         raise DataError("is empty; it needs a header row naming the columns, then the data")
     header = [name.strip() for name in rows[0][1]]
     if target not in header:
         raise DataError(
-            f"has no column {target!r}; available columns: {', '.join(header)}; pass one of them as target"
+            f"has no column {target!r} among the {len(header)} columns of its header row (line 1); "
+            "pass the name of the target column as target"
         )
+    for j, name in enumerate(header):
+        if header.index(name) != j:
+            raise DataError(
+                f"its header row names two columns alike (columns {header.index(name) + 1} and {j + 1}); "
+                "give every column its own name"
+            )
     if len(header) == 1:
         raise DataError(f"has no input columns besides the target {target!r}")
     if len(rows) == 1:
         raise DataError("has a header row but no data rows")
     t = header.index(target)
-    features = header[:t] + header[t + 1 :]
-    x = np.empty((len(rows) - 1, len(features)))  # (n, d)
+    columns = [j + 1 for j in range(len(header)) if j != t]  # each input's column number, from 1
+    x = np.empty((len(rows) - 1, len(columns)))  # (n, d)
     targets = []
     for i, (line, row) in enumerate(rows[1:]):
         if len(row) != len(header):
             raise DataError(
                 f"line {line} has {len(row)} fields but the header has {len(header)}; fix that row"
             )
-        for j, (name, text) in enumerate(zip(features, row[:t] + row[t + 1 :], strict=True)):
-            x[i, j] = _parse_input(text, name, line)
+        for j, (column, text) in enumerate(zip(columns, row[:t] + row[t + 1 :], strict=True)):
+            x[i, j] = _parse_input(text, column, len(header), line)
         if not row[t].strip():
             raise DataError(f"target column {target!r} is empty on line {line}; fill or drop it")
         targets.append(row[t].strip())
+    return x, _parse_targets(targets, target, [line for line, _ in rows[1:]])
+
+
+def _parse_targets(texts: list[str], target: str, lines: list[int]) -> np.ndarray:
+    """A CSV file's target column: exact integers, else numbers, else text."""
     try:
-        y = np.array([float(text) for text in targets])
+        integers = [int(text) for text in texts]
     except ValueError:
-        return x, np.array(targets)  # text labels
+        integers = None
+    if integers is not None:
+        if all(-(2**63) <= v < 2**63 for v in integers):
+            return np.array(integers, dtype=np.int64)
+        return np.array(texts)  # beyond 64 bits: class labels by their digits, never rounded
+    try:
+        y = np.array([float(text) for text in texts])
+    except ValueError:
+        return np.array(texts)  # text labels
     bad = np.flatnonzero(~np.isfinite(y))
     if bad.size:
         raise DataError(
-            f"target column {target!r} has a non-finite value ({targets[bad[0]]!r}, "
-            f"line {rows[bad[0] + 1][0]}); fill in or drop that row"
+            f"target column {target!r} has a non-finite value on line {lines[bad[0]]}; "
+            "fill in or drop that row"
         )
-    return x, y
+    return y
 
 
-def _parse_input(text: str, column: str, line: int) -> float:
+def _parse_input(text: str, column: int, n_columns: int, line: int) -> float:
     """One input cell of a CSV file as a finite float."""
     try:
         value = float(text)
     except ValueError:
         raise DataError(
-            f"column {column!r} is not numeric (line {line}: {text!r}); convert it or drop it"
+            f"column {column} of {n_columns} is not numeric on line {line}; convert it or drop it"
         ) from None
     if not math.isfinite(value):
         raise DataError(
-            f"column {column!r} has a non-finite value (line {line}: {text!r}); fill in or drop that row"
+            f"column {column} of {n_columns} has a non-finite value on line {line}; fill in or drop that row"
         )
     return value
 
@@ -184,6 +211,8 @@ def read_npz(path: str | Path, target: str = "y") -> tuple[np.ndarray, np.ndarra
             f"array 'x' must hold numbers in shape (n, d) with d >= 1, "
             f"got dtype {x.dtype} and shape {x.shape}"
         )
+    if len(x) == 0:
+        raise DataError("has no examples: its array 'x' has 0 rows")
     if y.ndim not in (1, 2) or len(y) != len(x) or y.dtype.kind not in "biufU":
         raise DataError(
             f"array {target!r} must hold numbers or text in shape ({len(x)},) or ({len(x)}, k), "
@@ -223,16 +252,31 @@ def read_npz_splits(path: str | Path) -> tuple[np.ndarray, np.ndarray, int] | No
                 f"array 'y_{split}' must hold numbers or text in shape ({len(x)},) or ({len(x)}, k), "
                 f"got dtype {y.dtype} and shape {y.shape}"
             )
+        for name, values in ((f"x_{split}", x), (f"y_{split}", y)):
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                row = np.argwhere(~np.isfinite(values))[0][0]
+                raise DataError(
+                    f"array {name!r} has a non-finite value in row {row}; fill in or drop that example"
+                )
         xs.append(x.reshape(len(x), -1))  # (n, d): images flattened
         ys.append(y)
-    if xs[0].shape[1] != xs[1].shape[1] or ys[0].shape[1:] != ys[1].shape[1:]:
+    train, test = arrays["x_train"].shape[1:], arrays["x_test"].shape[1:]
+    if train != test:
         raise DataError(
-            f"'x_train'/'y_train' examples have shapes {arrays['x_train'].shape[1:]}/{ys[0].shape[1:]} "
-            f"but 'x_test'/'y_test' {arrays['x_test'].shape[1:]}/{ys[1].shape[1:]}; they must match"
+            f"training examples ('x_train') have shape {train} but test examples ('x_test') {test}; "
+            "they must match"
+        )
+    if ys[0].shape[1:] != ys[1].shape[1:]:
+        raise DataError(
+            f"training targets ('y_train') have shape {ys[0].shape[1:]} per example but test targets "
+            f"('y_test') {ys[1].shape[1:]}; they must match"
+        )
+    if (ys[0].dtype.kind == "U") != (ys[1].dtype.kind == "U"):
+        kinds = ["text" if t.dtype.kind == "U" else "numbers" for t in ys]
+        raise DataError(
+            f"'y_train' holds {kinds[0]} but 'y_test' {kinds[1]}; give both the same kind of labels"
         )
     x, y = np.concatenate(xs), np.concatenate(ys)
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise DataError(f"the inputs have a non-finite value in row {np.argwhere(~np.isfinite(x))[0][0]}")
     return x.astype(np.float64), (y.astype(np.int64) if y.dtype.kind == "b" else y), len(xs[1])
 
 
@@ -816,6 +860,29 @@ def _check_folds(cv_folds, cv_fold) -> None:
         raise ValueError(f"cv_fold={cv_fold!r} is out of range: use {allowed}")
 
 
+def _check_regular_file(dataset: str) -> None:
+    """Raise DataError unless ``dataset`` names a regular file (through links that resolve)."""
+    what = f"data file {dataset!r}"
+    try:
+        mode = os.stat(dataset).st_mode
+    except FileNotFoundError:
+        if os.path.islink(dataset):
+            raise DataError(
+                f"{what} is a symbolic link to a missing file; fix the link or the path"
+            ) from None
+        raise DataError(f"{what} does not exist (relative to {Path.cwd()}); check the path") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DataError(f"{what} is a symbolic link that loops back on itself; fix the link") from None
+        raise DataError(f"{what} cannot be opened ({err.strerror}); check the path") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{what} is a folder, not a file; give the path of the file in it")
+    if not stat.S_ISREG(mode):
+        kinds = {stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISCHR: "a device", stat.S_ISBLK: "a device"}
+        kind = next((name for test, name in kinds.items() if test(mode)), "a special file")
+        raise DataError(f"{what} is {kind}, not a regular file; give a .csv or .npz file")
+
+
 def _check_arguments(
     dataset, target, task, val_fraction, test_fraction, seed, n_samples, noise, dtype
 ) -> None:
@@ -853,12 +920,7 @@ def _check_arguments(
                 f"use task='auto' or task={fixed_task!r}"
             )
     elif isinstance(dataset, str) and dataset.endswith(FILE_SUFFIXES):
-        if Path(dataset).is_dir():
-            raise DataError(f"data file {dataset!r} is a folder, not a file; give the path of the file in it")
-        if not Path(dataset).is_file():
-            raise DataError(
-                f"data file {dataset!r} does not exist (relative to {Path.cwd()}); check the path"
-            )
+        _check_regular_file(dataset)
         if dataset.endswith(".csv") and target is None:
             raise ValueError(
                 f"target=None does not work with dataset={dataset!r}: a .csv file needs target, "

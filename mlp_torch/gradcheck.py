@@ -21,12 +21,14 @@ from mlp_torch.backprop import (
     objective_terms,
     reduction_scale,
 )
+from mlp_torch.limits import check_fits_in_memory
 from mlp_torch.network import SigmoidMLP
 
 __all__ = [
     "GradientCheckReport",
     "ParameterCheck",
     "TOLERANCES",
+    "check_gradient_check_size",
     "finite_difference_gradients",
     "gradient_check",
     "relative_error",
@@ -40,6 +42,29 @@ TOLERANCES: dict[torch.dtype, dict[str, float]] = {
 }
 PAIRS = ("manual_vs_autograd", "manual_vs_fd", "autograd_vs_fd")
 _TINY = 1e-300
+# Finite differences evaluate J twice per parameter: a check beyond these sizes runs for minutes.
+MAX_CHECKED_PARAMETERS = 100_000
+MAX_CHECK_WORK = 10**11  # multiply-adds of all those evaluations together (about a minute)
+
+
+def check_gradient_check_size(sizes: list[int], batch_size: int) -> None:
+    """Raise ``ValueError`` if a gradient check of a network of ``sizes`` on ``batch_size``
+    examples cannot fit in memory or would run for more than about a minute."""
+    layers = list(zip(sizes, sizes[1:]))
+    n_params = sum((n_in + 1) * n_out for n_in, n_out in layers)
+    check_fits_in_memory(
+        batch_size * sum(sizes) * 8 * 6,  # float64: the batch and each layer's z and a, three ways
+        f"a gradient check on a batch of {batch_size:,} examples of a network of sizes {sizes}",
+        "give a smaller --batch_size",
+    )
+    work = 2 * n_params * batch_size * sum(n_in * n_out for n_in, n_out in layers)
+    if n_params > MAX_CHECKED_PARAMETERS or work > MAX_CHECK_WORK:
+        raise ValueError(
+            f"a gradient check of sizes {sizes} on {batch_size:,} examples evaluates J twice for each of "
+            f"its {n_params:,} parameters ({work:.2g} multiply-adds): give at most "
+            f"{MAX_CHECKED_PARAMETERS:,} parameters and {MAX_CHECK_WORK:.0e} multiply-adds (smaller --sizes "
+            'or --batch_size, e.g. --sizes "[64, 30, 10]")'
+        )
 
 
 def relative_error(g1: Tensor, g2: Tensor) -> float:

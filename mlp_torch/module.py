@@ -32,6 +32,7 @@ exactly ``J`` before the epoch's update.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import Literal
 
@@ -181,6 +182,11 @@ class MLPModule(L.LightningModule):
         _positive_int("histograms_every_n_epochs", histograms_every_n_epochs, allow_zero=True)
         if num_threads is not None:
             _positive_int("num_threads", num_threads)
+            if num_threads > (cores := os.cpu_count() or 1):
+                raise ValueError(
+                    f"num_threads={num_threads} is more than the {cores} cores of this machine: give 1 to "
+                    f"{cores}, or leave it out (chosen by the size of an update)"
+                )
         for name, value, choices in (
             ("task", task, ("classification", "regression")),
             ("grad_source", grad_source, ("manual", "autograd")),

@@ -48,18 +48,35 @@ def test_command_line_examples_run(tmp_path):
 
 
 def test_batch_gradient_descent_j_rises_as_the_readme_says(tmp_path):
-    """configs/batch.yaml's rises of J: the README names the first and the alternating run."""
-    said = re.search(r"first\s+epoch \(J ([\d.]+) -> ([\d.]+)\).*?from\s+epoch (\d+) to (\d+)", README, re.S)
+    """configs/batch.yaml's rises of J as the README words them: the first epoch's overshoot, then
+    a stretch of rises every other epoch. Where that stretch starts depends on the CPU's float32
+    rounding (the README says so): 120 with PyTorch's default kernels, 123 with AVX2, 130 on an
+    AMD AVX-512 machine; so only what holds on any CPU is asserted: its start within the range
+    the README gives, its length, its rhythm."""
+    said = re.search(
+        r"first\s+epoch \(J ([\d.]+) -> ([\d.]+)\).*?at least (\d+)\s+rises"
+        r".*?between\s+epochs? (\d+) and (\d+)",
+        README,
+        re.S,
+    )
     assert said, "the README no longer quotes batch.yaml's rises"
-    first_from, first_to, start, end = float(said[1]), float(said[2]), int(said[3]), int(said[4])
+    first_from, first_to, length, low, high = (
+        float(said[1]),
+        float(said[2]),
+        int(said[3]),
+        int(said[4]),
+        int(said[5]),
+    )
     args = ["fit", "--config", str(ROOT / "configs" / "batch.yaml"), "--diagnostics.max_printed", "100",
-            "--trainer.max_epochs", str(end + 10), *QUIET]  # fmt: skip
+            "--trainer.max_epochs", str(high + 2 * length + 2), *QUIET]  # fmt: skip
     proc = mlp_torch(args, tmp_path, capture_output=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rises = re.findall(r"epoch (\d+): training J rose from ([\d.]+) to ([\d.]+)", proc.stderr)
     assert rises[0][0] == "1" and round(float(rises[0][1]), 2) == first_from
     assert round(float(rises[0][2]), 1) == first_to
-    assert [int(epoch) for epoch, _, _ in rises[1:]] == list(range(start, end + 1, 2))
+    later = [int(epoch) for epoch, _, _ in rises[1:]]
+    assert len(later) >= length and low <= later[0] <= high, later
+    assert all(b - a == 2 for a, b in zip(later, later[1:length])), later  # every other epoch
 
 
 def test_scikit_learn_comparison_script_runs(tmp_path):
