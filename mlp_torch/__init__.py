@@ -8,14 +8,16 @@ for importing PyTorch.
 import importlib
 
 _HOMES = {  # public name -> the module that defines it
-    "COSTS": "mlp_torch.costs",
-    "INITS": "mlp_torch.network",
-    "GradientCheckReport": "mlp_torch.gradcheck",
-    "SigmoidMLP": "mlp_torch.network",
-    "autograd_gradients": "mlp_torch.backprop",
-    "gradient_check": "mlp_torch.gradcheck",
-    "manual_gradients": "mlp_torch.backprop",
-    "objective": "mlp_torch.backprop",
+    "COSTS": "mlp_torch.model.costs",
+    "INITS": "mlp_torch.model.network",
+    "MLPDataModule": "mlp_torch.data",
+    "MLPModule": "mlp_torch.train.module",
+    "GradientCheckReport": "mlp_torch.model.gradcheck",
+    "SigmoidMLP": "mlp_torch.model.network",
+    "autograd_gradients": "mlp_torch.model.backprop",
+    "gradient_check": "mlp_torch.model.gradcheck",
+    "manual_gradients": "mlp_torch.model.backprop",
+    "objective": "mlp_torch.model.backprop",
 }
 __all__ = sorted(_HOMES)
 __version__ = "0.1.0"

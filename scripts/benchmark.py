@@ -19,7 +19,7 @@
    both MLPModule rows with ``grad_source`` ``manual`` and ``autograd``. The timed stretch skips
    the first epoch (warm-up) and, for MLPModule, the Trainer's start: it runs from the start of
    epoch 1 to the end of training, so it includes every later epoch's validation, checkpoint and
-   logging. Threads: by the rule of ``mlp_torch.threads`` (one for this network), the same for all.
+   logging. Threads: by the rule of ``mlp_torch.train.threads`` (one for this network), the same for all.
 2. The wide network 784-1024-1024-10 at batch 512 (random data), both gradient sources, against
    ``torch.mm`` alone on the same matrix products of one update (forward, deltas, weight
    gradients, the same operand layouts): the fraction of matmul peak reached.
@@ -27,7 +27,7 @@
    busy process (a CPU-bound loop), and ``mlp-torch gradcheck``.
 4. Sweeps: the training phase of one default fit against 32-member ``mlp-torch sweep`` grids of
    the same network, data, batch size and epochs, members sharing a seed and each with its own
-   (:func:`mlp_torch.sweep.speed_ratios`), one after the other, once.
+   (:func:`mlp_torch.cli.sweep.speed_ratios`), one after the other, once.
 
 Every measurement runs ``--rounds`` times, the methods taking turns within each round; the table
 shows the median, with min and max in the JSON (``--out``). Runs on CUDA too when present
@@ -58,10 +58,11 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from mlp_torch.data import MLPDataModule, epoch_permutation
-from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_L2, DEFAULT_LR, MLPModule
-from mlp_torch.network import SigmoidMLP
-from mlp_torch.threads import choose_num_threads
+from mlp_torch.data import MLPDataModule
+from mlp_torch.model.network import SigmoidMLP
+from mlp_torch.train.loop import epoch_permutation
+from mlp_torch.train.module import DEFAULT_ALPHA, DEFAULT_L2, DEFAULT_LR, MLPModule
+from mlp_torch.train.threads import choose_num_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = [1, 16, 100, "full"]
@@ -247,7 +248,7 @@ def module_lean(dm: MLPDataModule, batch, epochs: int, source: str, device: str,
 
 def module_shipped(batch, epochs: int, source: str, device: str):
     """What `mlp-torch fit` runs, built by the CLI's own code, in a temporary folder."""
-    from mlp_torch.cli import make_cli
+    from mlp_torch.cli.fit import make_cli
 
     watch = Stopwatch(device)
     with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder):
@@ -268,7 +269,7 @@ def module_shipped(batch, epochs: int, source: str, device: str):
 
 def wide_products_seconds(device: str, dtype, reps: int) -> float:
     """``torch.mm`` alone on one update's matrix products of the wide network (the operand
-    layouts of :func:`mlp_torch.fused.fused_backprop`), seconds per update."""
+    layouts of :func:`mlp_torch.model.fused.fused_backprop`), seconds per update."""
     gen = torch.Generator().manual_seed(0)
     rand = lambda *s: torch.rand(*s, generator=gen, dtype=dtype).to(device)  # noqa: E731
     W = [rand(o, i) for i, o in zip(WIDE, WIDE[1:])]
@@ -303,7 +304,7 @@ def wide_data(folder: str) -> MLPDataModule:
 
 # ---- whole processes ----------------------------------------------------------------------------
 
-MLP_TORCH = [sys.executable, "-c", "import sys; from mlp_torch.command import main; sys.exit(main())"]
+MLP_TORCH = [sys.executable, "-c", "import sys; from mlp_torch.cli.command import main; sys.exit(main())"]
 
 
 def whole_process(args: list[str], busy: bool = False) -> tuple[float, str]:
@@ -362,7 +363,7 @@ def main() -> int:
     if "process" not in args.skip:
         results["process_s"] = processes(args.rounds)
     if "sweep" not in args.skip:
-        from mlp_torch.sweep import speed_ratios
+        from mlp_torch.cli.sweep import speed_ratios
 
         results["sweep_s"] = speed_ratios()
     results["benchmark_seconds"] = time.perf_counter() - began

@@ -32,8 +32,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from mlp_torch.cli import run_reporting_errors
-from mlp_torch.threads import available_cores
+from mlp_torch.cli.command import run_reporting_errors
+from mlp_torch.train.threads import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_fold(extra: list[str], seed: int, folds: int, fold: int) -> tuple[float, int, int]:
     """Train one fold; returns (the held-out fold's val/acc or val/mse, epochs run, epochs in
     which training J rose)."""
-    from mlp_torch.callbacks import LearningRateDiagnostics
-    from mlp_torch.cli import make_cli
+    from mlp_torch.cli.fit import make_cli
+    from mlp_torch.train.callbacks import LearningRateDiagnostics
 
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric", "mlp_torch"):  # J-rise lines too
@@ -66,7 +66,7 @@ def cross_validate(extra: list[str], seeds: list[int], folds: int, jobs: int) ->
     """The held-out score of every (seed, fold), seed-major; prints a line per seed with the
     scores, the epochs run and the number of epochs in which training J rose."""
     tasks = [(extra, s, folds, f) for s in seeds for f in range(folds)]
-    # Each run chooses its threads by the rule of mlp_torch.threads, among its share of the cores.
+    # Each run chooses its threads by the rule of mlp_torch.train.threads, among its share of the cores.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // jobs)))
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
         results = list(pool.map(run_fold, *zip(*tasks, strict=True)))

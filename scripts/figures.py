@@ -36,11 +36,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard_server import HeadlessChromium, TensorBoardServer, chromium, scalar_chart, scalars_url  # noqa: E402 (beside this file)
 
 from mlp_torch import autograd_gradients, manual_gradients, objective  # noqa: E402
-from mlp_torch.command import main as command_main  # noqa: E402
+from mlp_torch.cli.command import main as command_main  # noqa: E402
 from mlp_torch.data import MLPDataModule  # noqa: E402
-from mlp_torch.gradcheck import relative_error  # noqa: E402
-from mlp_torch.module import NEAR_ZERO, MLPModule  # noqa: E402
+from mlp_torch.model.gradcheck import relative_error  # noqa: E402
 from mlp_torch.optim import GradientDescent, Momentum  # noqa: E402
+from mlp_torch.train.module import NEAR_ZERO, MLPModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "figures"

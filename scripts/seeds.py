@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_seed(seed: int, extra: list[str]) -> dict[str, float | str]:
     """One `mlp-torch fit` run; returns its summary figures (test/acc or test/mse, epochs, time)."""
     extra = [str(ROOT / a) if a.startswith("configs/") else a for a in extra]
-    cmd = [sys.executable, "-m", "mlp_torch.command", "fit", *extra, "--seed_everything", str(seed),
+    cmd = [sys.executable, "-m", "mlp_torch.cli", "fit", *extra, "--seed_everything", str(seed),
            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
         proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mlp_torch import SigmoidMLP, autograd_gradients, gradient_check, manual_gradients, objective
-from mlp_torch.gradcheck import finite_difference_gradients, relative_error
+from mlp_torch.model.gradcheck import finite_difference_gradients, relative_error
 from tests.conftest import DEVICES
 
 
@@ -70,7 +70,7 @@ def test_gradient_check_report_on_device(device):
 
 def test_gradient_check_fails_on_wrong_gradient(monkeypatch):
     """The check must be able to fail: break the output delta and it reports FAIL."""
-    from mlp_torch.costs import QuadraticCost
+    from mlp_torch.model.costs import QuadraticCost
 
     net, x, y = random_problem(seed=1, depth=2, n=3)
     monkeypatch.setattr(QuadraticCost, "delta", staticmethod(lambda z, a, y: a - y))  # no f'(z)

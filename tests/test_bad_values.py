@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlp_torch.command import main
+from mlp_torch.cli.command import main
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
 IRIS = ["--data.dataset", "iris", *QUIET]

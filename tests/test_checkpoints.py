@@ -15,7 +15,13 @@ import pytest
 import torch
 import yaml
 
-from mlp_torch.checkpoints import AtomicCheckpointIO, CheckpointError, RunLock, RunLockedError, atomic_save
+from mlp_torch.train.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    RunLock,
+    RunLockedError,
+    atomic_save,
+)
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
 XOR = ["--data.dataset", "xor", "--data.n_samples", "40", "--model.hidden_sizes", "[4]", *QUIET]
@@ -191,7 +197,7 @@ def test_last_ckpt_is_the_last_epoch_and_the_best_is_kept(tmp_path):
 
 
 def test_each_epoch_writes_last_once_and_best_only_when_better(tmp_path, monkeypatch):
-    from mlp_torch.cli import make_cli
+    from mlp_torch.cli.fit import make_cli
 
     monkeypatch.chdir(tmp_path)
     saved = []
@@ -295,7 +301,7 @@ def test_atomic_save_failure_leaves_the_old_file_and_no_temp_file(tmp_path):
 
 
 def test_checkpoint_writes_in_the_background_keep_order_content_and_errors(tmp_path, monkeypatch):
-    import mlp_torch.checkpoints as checkpoints
+    import mlp_torch.train.checkpoints as checkpoints
 
     write = checkpoints.atomic_write
 
@@ -348,7 +354,7 @@ def test_run_lock_names_the_holder(tmp_path):
             [
                 sys.executable,
                 "-c",
-                f"import mlp_torch.checkpoints as c; c.RunLock({str(tmp_path)!r}).acquire()",
+                f"import mlp_torch.train.checkpoints as c; c.RunLock({str(tmp_path)!r}).acquire()",
             ],
             capture_output=True,
             text=True,

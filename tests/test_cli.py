@@ -275,7 +275,7 @@ def test_bad_checkpoint_file_is_one_line_exit_2(content, expected, tmp_path, mon
 
 
 def test_gradcheck_exits_1_on_a_wrong_gradient(monkeypatch, capsys):
-    from mlp_torch.costs import QuadraticCost
+    from mlp_torch.model.costs import QuadraticCost
 
     monkeypatch.setattr(QuadraticCost, "delta", staticmethod(lambda z, a, y: a - y))  # no f'(z)
     assert main(["gradcheck", "--sizes", "[3, 4, 2]"]) == 1

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mlp_torch.command import SUBCOMMANDS, main
+from mlp_torch.cli.command import SUBCOMMANDS, main
 
 HEAVY = ("lightning", "lightning_fabric", "pytorch_lightning", "torchmetrics", "sklearn", "tensorboard")
 
@@ -16,7 +16,7 @@ def imported_after(*argv):
     """The top-level packages imported by a fresh interpreter running `mlp-torch ARGV`."""
     code = (
         "import json, sys\n"
-        "from mlp_torch.command import main\n"
+        "from mlp_torch.cli.command import main\n"
         f"code = main({list(argv)!r})\n"
         "print(json.dumps([code, sorted({m.split('.')[0] for m in sys.modules})]))\n"
     )

@@ -11,7 +11,7 @@ QUIET = ["--trainer.enable_progress_bar", "false"]
 
 
 def run(*args, cwd):
-    cmd = [sys.executable, "-m", "mlp_torch.command", *args]
+    cmd = [sys.executable, "-m", "mlp_torch.cli", *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
@@ -43,7 +43,7 @@ def test_default_run_piped_to_a_file_prints_one_line_per_few_epochs(tmp_path):
     200-epoch run printed 48 lines in all), no per-epoch bars and no validation bars."""
     log = tmp_path / "out.txt"
     with log.open("w") as out:
-        cmd = [sys.executable, "-m", "mlp_torch.command", "fit", "--trainer.max_epochs", "40"]
+        cmd = [sys.executable, "-m", "mlp_torch.cli", "fit", "--trainer.max_epochs", "40"]
         proc = subprocess.run(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, timeout=300)
     assert proc.returncode == 0
     lines = log.read_text().splitlines()
@@ -63,8 +63,8 @@ class Terminal(io.StringIO):
 
 def test_on_a_terminal_one_bar_over_the_epochs(tmp_path):
     from mlp_torch.data import MLPDataModule
-    from mlp_torch.module import MLPModule
-    from mlp_torch.progress import EpochProgressBar
+    from mlp_torch.train.module import MLPModule
+    from mlp_torch.train.progress import EpochProgressBar
 
     screen = Terminal()
     dm = MLPDataModule("sine", n_samples=40)

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Callback
 
 from mlp_torch.data import MLPDataModule
-from mlp_torch.module import MLPModule
+from mlp_torch.train.module import MLPModule
 from tests.test_training import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -8,15 +8,9 @@ import pytest
 import torch
 from sklearn.datasets import load_iris
 
-from mlp_torch.data import (
-    Batch,
-    MLPDataModule,
-    epoch_permutation,
-    from_unit_range,
-    make_sine,
-    make_xor,
-    to_unit_range,
-)
+from mlp_torch.data import Batch, MLPDataModule, from_unit_range, to_unit_range
+from mlp_torch.data.sources import make_sine, make_xor
+from mlp_torch.train.loop import epoch_permutation
 
 BUILTINS = {  # name: (n examples, n features, classes)
     "digits": (1797, 64, list(range(10))),

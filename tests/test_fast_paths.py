@@ -12,12 +12,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlp_torch import SigmoidMLP
-from mlp_torch.backprop import backprop
-from mlp_torch.data import MLPDataModule, epoch_permutation
-from mlp_torch.fused import fused_backprop
-from mlp_torch.module import MLPModule
+from mlp_torch.data import MLPDataModule
+from mlp_torch.model.backprop import backprop
+from mlp_torch.model.fused import fused_backprop
 from mlp_torch.optim import GradientDescent, HeavyBall, Momentum
-from mlp_torch.threads import SMALL_PRODUCT, available_cores, choose_num_threads
+from mlp_torch.train.loop import epoch_permutation
+from mlp_torch.train.module import MLPModule
+from mlp_torch.train.threads import SMALL_PRODUCT, available_cores, choose_num_threads
 from tests.conftest import DEVICES
 
 OPTIMIZERS = {
@@ -146,7 +147,7 @@ def test_histograms_every_n_epochs(tmp_path):
 
 
 def test_histogram_counts_every_value_between_min_and_max():
-    from mlp_torch.module import _add_histogram
+    from mlp_torch.train.module import _add_histogram
 
     written = []
 

@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mlp_torch.command import main
+from mlp_torch.cli.command import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from tensorboard_server import CannotBind, TensorBoardServer  # noqa: E402

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from mlp_torch.backprop import backprop, objective_terms
-from mlp_torch.gradcheck import relative_error
-from mlp_torch.network import SigmoidMLP, feedforward
+from mlp_torch.model.backprop import backprop, objective_terms
+from mlp_torch.model.gradcheck import relative_error
+from mlp_torch.model.network import SigmoidMLP, feedforward
 from mlp_torch.optim import GradientDescent, HeavyBall, Momentum
 
 K = 3
@@ -147,7 +147,7 @@ def test_per_member_rates_are_checked_one_by_one():
 @pytest.mark.parametrize("shared_x", [True, False], ids=["shared_x", "own_x"])
 @pytest.mark.parametrize("cost", ["quadratic", "cross_entropy"])
 def test_stacked_fused_backprop_equals_the_readable_one(sizes, shared_x, cost):
-    from mlp_torch.fused import fused_backprop
+    from mlp_torch.model.fused import fused_backprop
 
     _, weights, biases, x, y = stacked_problem(sizes, 5, shared_x, cost == "cross_entropy")
     bp = backprop(weights, biases, x, y, cost=cost, scale=0.2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mlp_torch import SigmoidMLP, manual_gradients
-from mlp_torch.network import feedforward
+from mlp_torch.model.network import feedforward
 
 
 def test_forward_is_the_notes_forward_pass():

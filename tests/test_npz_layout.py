@@ -44,7 +44,7 @@ def test_mismatched_image_shapes_are_a_data_error(tmp_path):
 
 
 def test_a_file_of_that_layout_trains(tmp_path):
-    from mlp_torch.module import MLPModule
+    from mlp_torch.train.module import MLPModule
     from tests.test_training import fit
 
     path = tmp_path / "mnist.npz"

@@ -12,14 +12,15 @@ import pytest
 import torch
 from sklearn.datasets import load_iris, load_wine
 
-from mlp_torch.data import MLPDataModule, make_sine
+from mlp_torch.data import MLPDataModule
+from mlp_torch.data.sources import make_sine
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
 
 
 def fit_then_predict(tmp_path, *data_args, epochs=30):
     def run(*args):
-        cmd = [sys.executable, "-m", "mlp_torch.command", *args, *data_args, *QUIET]
+        cmd = [sys.executable, "-m", "mlp_torch.cli", *args, *data_args, *QUIET]
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
@@ -78,7 +79,7 @@ def test_split_rows_partition_the_data_set_and_index_it(folds):
 
 def test_predict_from_the_best_checkpoint(tmp_path):
     def run(*args):
-        cmd = [sys.executable, "-m", "mlp_torch.command", *args, "--data.dataset", "iris", *QUIET]
+        cmd = [sys.executable, "-m", "mlp_torch.cli", *args, "--data.dataset", "iris", *QUIET]
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout + proc.stderr

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from mlp_torch import SigmoidMLP, autograd_gradients, manual_gradients
 from mlp_torch.data import MLPDataModule
-from mlp_torch.gradcheck import relative_error
-from mlp_torch.module import MLPModule
+from mlp_torch.model.gradcheck import relative_error
 from mlp_torch.optim import GradientDescent
+from mlp_torch.train.module import MLPModule
 
 sizes = st.lists(st.integers(1, 7), min_size=2, max_size=5)
 costs = st.sampled_from(["quadratic", "cross_entropy"])

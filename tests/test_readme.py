@@ -20,7 +20,7 @@ def blocks(language: str) -> list[str]:
 
 
 def mlp_torch(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mlp_torch.command", *args]
+    cmd = [sys.executable, "-m", "mlp_torch.cli", *args]
     return subprocess.run(cmd, cwd=cwd, text=True, timeout=300, **kw)
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mlp_torch.data import MLPDataModule
-from mlp_torch.module import MLPModule
 from mlp_torch.optim import Momentum
+from mlp_torch.train.module import MLPModule
 from tests.test_training import fit
 
 

@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlp_torch.cli import main, make_cli
-from mlp_torch.sweep import parse_grid
+from mlp_torch.cli.sweep import parse_grid
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 IRIS = ["--data.dataset", "iris", "--model.dtype", "float64", "--model.hidden_sizes", "[5]", *QUIET]
@@ -165,7 +165,7 @@ def test_a_converged_member_stops_where_its_fit_stops(tmp_path, monkeypatch, cap
 
 
 def test_scalar_events_read_back_in_tensorboard(tmp_path):
-    from mlp_torch.events import ScalarEvents
+    from mlp_torch.train.events import ScalarEvents
 
     events = ScalarEvents(tmp_path / "run")
     for step in range(3):

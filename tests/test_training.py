@@ -10,10 +10,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mlp_torch import SigmoidMLP, manual_gradients
-from mlp_torch.callbacks import ConvergenceStop, LearningRateDiagnostics, NonFiniteObjectiveError
-from mlp_torch.data import MLPDataModule, epoch_permutation
-from mlp_torch.module import CrossCheckError, MLPModule
+from mlp_torch.data import MLPDataModule
 from mlp_torch.optim import GradientDescent, Momentum
+from mlp_torch.train.callbacks import ConvergenceStop, LearningRateDiagnostics, NonFiniteObjectiveError
+from mlp_torch.train.loop import epoch_permutation
+from mlp_torch.train.module import CrossCheckError, MLPModule
 from tests.conftest import DEVICES
 
 
@@ -127,7 +128,7 @@ def test_crosscheck_logs_relative_error_and_catches_a_wrong_gradient(monkeypatch
     err = trainer.callback_metrics["gradcheck/max_rel_err"].item()
     assert 0 <= err < 1e-12
 
-    from mlp_torch.costs import CrossEntropyCost
+    from mlp_torch.model.costs import CrossEntropyCost
 
     monkeypatch.setattr(CrossEntropyCost, "delta", staticmethod(lambda z, a, y: 2 * (a - y)))
     dm, module = make(batch_size=16, crosscheck_every_n_steps=3, crosscheck_action="error")
@@ -189,9 +190,9 @@ def test_learning_rate_diagnostics_print_the_first_rises_and_count_all(caplog):
     the rest are only counted; `increases` and `largest_rise` keep them all."""
     dm, module = make(batch_size=1, optimizer=functools.partial(GradientDescent, lr=3.0))
     diagnostics = LearningRateDiagnostics(max_printed=2)
-    with caplog.at_level(logging.WARNING, logger="mlp_torch.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="mlp_torch.train.callbacks"):
         fit(dm, module, epochs=40, callbacks=[diagnostics])
-    printed = [r.getMessage() for r in caplog.records if r.name == "mlp_torch.callbacks"]
+    printed = [r.getMessage() for r in caplog.records if r.name == "mlp_torch.train.callbacks"]
     rises = diagnostics.increases
     assert len(rises) > 3 and printed[:2] == rises[:2] and len(printed) == 3
     assert "training J rose again; further rises are not printed" in printed[2]

@@ -5,7 +5,7 @@ nothing written; SIGTERM ends `fit` with a non-zero exit and a resumable `last.c
 
 Tiny data throughout. Where a process matters (a signal, a segfault, the deletion attack, the
 gradient check's threads) the case is a real `mlp-torch` process; the others call its entry point,
-`mlp_torch.command:main`, in this process (each subprocess would add 5 s of importing Lightning)."""
+`mlp_torch.cli.command:main`, in this process (each subprocess would add 5 s of importing Lightning)."""
 
 import os
 import signal
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlp_torch.command import main
+from mlp_torch.cli.command import main
 from mlp_torch.data import MLPDataModule
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -176,7 +176,7 @@ CASES = {  # case: (arguments, what the one line says)
 
 
 def in_process_error(args: list[str], capsys) -> str:
-    """``mlp-torch ARGS`` through its entry point (``mlp_torch.command:main``) in this process:
+    """``mlp-torch ARGS`` through its entry point (``mlp_torch.cli.command:main``) in this process:
     the one line it printed (exit code 2 asserted)."""
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -218,7 +218,7 @@ def test_gradcheck_refuses_what_it_cannot_do_in_one_line(args, expected, tmp_pat
 
 
 def test_gradcheck_follows_the_threads_rule(tmp_path):
-    code = ("import torch, mlp_torch.command as c; torch.set_num_threads(2); "
+    code = ("import torch, mlp_torch.cli.command as c; torch.set_num_threads(2); "
             "c.gradcheck(sizes=[4, 5, 3]); print('threads', torch.get_num_threads())")  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path

@@ -54,7 +54,8 @@ __all__ = [
 
 # module -> the base class every class taken from a checkpoint must derive from
 ALLOWED_CLASS_MODULES: dict[str, type] = {
-    "mlp_torch.optim": torch.optim.Optimizer,
+    "mlp_torch.optim": torch.optim.Optimizer,  # the public name of mlp_torch.model.optim
+    "mlp_torch.model.optim": torch.optim.Optimizer,
     "torch.optim": torch.optim.Optimizer,
     "torch.optim.lr_scheduler": torch.optim.lr_scheduler.LRScheduler,
 }
@@ -219,8 +220,8 @@ def allowed_class_path(class_path: object) -> bool:
     module, name = class_path.rsplit(".", 1)
     if module not in ALLOWED_CLASS_MODULES or name.startswith("_"):
         return False
-    if module == "mlp_torch.optim":
-        import mlp_torch.optim as where
+    if module in ("mlp_torch.optim", "mlp_torch.model.optim"):
+        import mlp_torch.model.optim as where
     else:
         where = torch.optim if module == "torch.optim" else torch.optim.lr_scheduler
     cls = getattr(where, name, None)

@@ -8,7 +8,7 @@ Penalties act on weights only, never on biases, and are added once per objective
 the batch size: ``l1 * sum |w|`` (sparsity) and ``l2 * sum w^2`` (weight decay, the notes' eq. 21
 with gamma = l2).
 
-Stacked members (see :mod:`mlp_torch.network`): costs are then ``(K, n)``, penalties ``(K,)``,
+Stacked members (see :mod:`mlp_torch.model.network`): costs are then ``(K, n)``, penalties ``(K,)``,
 and a penalty weight is a number or a ``(K,)`` tensor, one per member.
 """
 
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from mlp_torch.network import per_member, sigmoid_prime
+from mlp_torch.model.network import per_member, sigmoid_prime
 
 __all__ = [
     "COSTS",

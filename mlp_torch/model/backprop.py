@@ -18,7 +18,7 @@ with ``s = 1/n`` for ``"mean"`` and ``1`` for ``"sum"``. No autograd is used: it
 ``torch.no_grad()`` on tensors that do not require grad.
 
 The same lines train ``K`` stacked members at once (weights ``(K, out, in)``, see
-:mod:`mlp_torch.network`): the objective's terms are then ``(K,)``, one per member, and ``l1``,
+:mod:`mlp_torch.model.network`): the objective's terms are then ``(K,)``, one per member, and ``l1``,
 ``l2`` may be ``(K,)`` tensors. Members never mix: each one's gradient is that of its own ``J``.
 """
 
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mlp_torch.costs import COSTS, is_off, l1_grad, l1_penalty, l2_grad, l2_penalty
-from mlp_torch.network import SigmoidMLP, feedforward, sigmoid_prime
+from mlp_torch.model.costs import COSTS, is_off, l1_grad, l1_penalty, l2_grad, l2_penalty
+from mlp_torch.model.network import SigmoidMLP, feedforward, sigmoid_prime
 
 __all__ = [
     "Backprop",

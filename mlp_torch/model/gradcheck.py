@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from mlp_torch.backprop import (
+from mlp_torch.limits import check_fits_in_memory
+from mlp_torch.model.backprop import (
     _check,
     autograd_gradients,
     manual_gradients,
     objective_terms,
     reduction_scale,
 )
-from mlp_torch.limits import check_fits_in_memory
-from mlp_torch.network import SigmoidMLP
+from mlp_torch.model.network import SigmoidMLP
 
 __all__ = [
     "GradientCheckReport",

@@ -13,11 +13,11 @@ The notes' three regimes, chosen by ``batch_size``:
 * ``1``: stochastic gradient descent, one update per example, reshuffled each epoch.
 * ``b > 1``: mini-batch, one update per ``b`` examples (the last batch may be smaller).
 
-The shuffle order of epoch ``e`` is :func:`mlp_torch.data.epoch_permutation` of ``(seed, e)``, so
+The shuffle order of epoch ``e`` is :func:`mlp_torch.train.loop.epoch_permutation` of ``(seed, e)``, so
 a resumed run sees the order an uninterrupted one would.
 
 Data parallel (``--trainer.strategy ddp``, ``W`` processes): every rank gets the whole split and
-computes only its shard of each update's batch (:mod:`mlp_torch.distributed`); the ranks' cost
+computes only its shard of each update's batch (:mod:`mlp_torch.train.distributed`); the ranks' cost
 gradients are summed by one ``all_reduce`` per update and the penalties' gradient is added once
 after it, so the update is the one-process update of the same global batch (``batch_size`` is
 the global batch). The epoch's metrics are reduced over the ranks; a cross-check compares each
@@ -45,15 +45,16 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from mlp_torch.backprop import check_objective_args, output_terms
-from mlp_torch.costs import COSTS, l1_grad, l1_penalty, l2_penalty
-from mlp_torch.data import DTYPES, epoch_permutation, from_unit_range
-from mlp_torch.distributed import max_over_ranks, shard, sum_over_ranks, update_shards
-from mlp_torch.fused import fused_backprop
-from mlp_torch.gradcheck import TOLERANCES, relative_error
-from mlp_torch.network import SigmoidMLP, feedforward
-from mlp_torch.optim import Momentum
-from mlp_torch.threads import choose_num_threads, largest_product, use_threads
+from mlp_torch.data import DTYPES, from_unit_range
+from mlp_torch.model.backprop import check_objective_args, output_terms
+from mlp_torch.model.costs import COSTS, l1_grad, l1_penalty, l2_penalty
+from mlp_torch.model.fused import fused_backprop
+from mlp_torch.model.gradcheck import TOLERANCES, relative_error
+from mlp_torch.model.network import SigmoidMLP, feedforward
+from mlp_torch.model.optim import Momentum
+from mlp_torch.train.distributed import max_over_ranks, shard, sum_over_ranks, update_shards
+from mlp_torch.train.loop import epoch_permutation
+from mlp_torch.train.threads import choose_num_threads, largest_product, use_threads
 
 __all__ = ["CrossCheckError", "MLPModule"]
 
@@ -116,7 +117,7 @@ class MLPModule(L.LightningModule):
         target_low, target_high: regression only, the training targets' per-output range that
             the data mapped onto ``[0.1, 0.9]``; used to report MSE in the original units.
         cost: the data term, ``"cross_entropy"`` or the notes' ``"quadratic"`` (see
-            :mod:`mlp_torch.costs`).
+            :mod:`mlp_torch.model.costs`).
         l1: the L1 penalty's weight lambda in ``lambda sum |w|`` (sparsity); 0 turns it off.
         l2: the L2 penalty's weight gamma in ``gamma sum w^2`` (weight decay); 1e-4 by default,
             0 for the notes' unpenalized cost.

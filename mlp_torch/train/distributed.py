@@ -3,7 +3,7 @@ processes of what they computed.
 
 With ``W`` processes (ranks; Lightning's ``--trainer.strategy ddp``), every rank holds the whole
 training split and the same weights, and walks the epoch's updates in the same order (the shuffle
-of :func:`mlp_torch.data.epoch_permutation` depends on ``(seed, epoch)`` only). Update ``k`` uses
+of :func:`mlp_torch.train.loop.epoch_permutation` depends on ``(seed, epoch)`` only). Update ``k`` uses
 the ``n_k`` examples at positions ``[k b, k b + n_k)`` of that order (``b``: the global
 ``batch_size``); rank ``r`` computes the cost gradient of its shard of them,
 

@@ -6,7 +6,7 @@ lists are 0-based over the *computing* layers: ``weights[0]`` is ``W_1``. Weight
 ``nn.Linear``'s ``(out, in)`` layout, and examples are rows, so a batch ``x`` is ``(n, n_in)`` and
 ``z_l = a_{l-1} @ W_l.T + b_l`` is ``(n, n_l)``.
 
-Members: every function here (and in :mod:`mlp_torch.costs`, :mod:`mlp_torch.backprop`,
+Members: every function here (and in :mod:`mlp_torch.model.costs`, :mod:`mlp_torch.model.backprop`,
 :mod:`mlp_torch.optim`) also takes ``K`` networks stacked along a leading member dimension, as a
 sweep trains them: weights ``(K, out, in)``, biases ``(K, out)``, activations ``(K, n, n_l)``, and
 per-member settings as ``(K,)`` tensors (see :func:`per_member`). The equations are the same

@@ -4,7 +4,7 @@ dimension, trained by the same hand-written backprop and optimizers as one netwo
 Member ``k`` of a :class:`StackedMLP` built from networks ``nets`` starts with exactly
 ``nets[k]``'s weights (its own ``init``, ``bias_init`` and ``seed``). Its parameters are
 ``W.{l}`` ``(K, out, in)`` and ``b.{l}`` ``(K, out)`` for each computing layer ``l``; every
-function of :mod:`mlp_torch.network`, :mod:`mlp_torch.costs`, :mod:`mlp_torch.backprop` and
+function of :mod:`mlp_torch.model.network`, :mod:`mlp_torch.model.costs`, :mod:`mlp_torch.model.backprop` and
 :mod:`mlp_torch.optim` takes them as they are.
 
 This module knows nothing of training or Lightning: it is a plain ``nn.Module``.
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mlp_torch.network import SigmoidMLP, feedforward
+from mlp_torch.model.network import SigmoidMLP, feedforward
 
 __all__ = ["StackedMLP"]
 

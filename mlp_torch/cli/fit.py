@@ -1,4 +1,4 @@
-"""``mlp-torch fit/validate/test/predict``: the LightningCLI (:mod:`mlp_torch.command` dispatches).
+"""``mlp-torch fit/validate/test/predict``: the LightningCLI (:mod:`mlp_torch.cli.command` dispatches).
 
 It only wires: the model (:class:`MLPModule`), the data (:class:`MLPDataModule`), the notes'
 learning-rate callbacks, checkpoints and the TensorBoard logger. ``fit`` ends by testing the best
@@ -31,8 +31,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from mlp_torch.callbacks import ConvergenceStop, LearningRateDiagnostics
-from mlp_torch.checkpoints import (
+from mlp_torch.cli.command import PROG
+from mlp_torch.data import MLPDataModule, from_unit_range
+from mlp_torch.model.optim import Momentum
+from mlp_torch.train.callbacks import ConvergenceStop, LearningRateDiagnostics
+from mlp_torch.train.checkpoints import (
     AtomicCheckpointIO,
     CheckpointError,
     EpochCheckpoint,
@@ -43,13 +46,10 @@ from mlp_torch.checkpoints import (
     read_checkpoint,
     remove_stale_temp_files,
 )
-from mlp_torch.command import PROG, main, run_reporting_errors
-from mlp_torch.data import MLPDataModule, from_unit_range
-from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule
-from mlp_torch.optim import Momentum
-from mlp_torch.progress import EpochProgressBar
+from mlp_torch.train.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule
+from mlp_torch.train.progress import EpochProgressBar
 
-__all__ = ["MLPCLI", "main", "make_cli", "read_checkpoint", "run_reporting_errors"]  # main: mlp_torch.command
+__all__ = ["MLPCLI", "make_cli"]
 
 
 print0 = rank_zero_only(print)  # under DDP every process runs the CLI: one of them speaks
@@ -57,7 +57,7 @@ print0 = rank_zero_only(print)  # under DDP every process runs the CLI: one of t
 
 class MLPCLI(LightningCLI):
     """LightningCLI with the data linked into the model, the notes' callbacks always on, and
-    checkpoints and run folders handled by :mod:`mlp_torch.checkpoints`.
+    checkpoints and run folders handled by :mod:`mlp_torch.train.checkpoints`.
 
     ``dry_run=True``: parse, build and check as the subcommand would, and stop before it
     creates, locks or writes anything."""
@@ -418,7 +418,15 @@ NOT_FROM_CHECKPOINT = {
     "model": {"n_inputs", "n_outputs", "task", "target_low", "target_high", "seed"},
     "data": {"dtype", "seed"},
 }
-CHECKPOINT_CLASSES = {"model": "mlp_torch.module.MLPModule", "data": "mlp_torch.data.MLPDataModule"}
+# the model's and the data's class paths a checkpoint may name (those of earlier layouts too)
+CHECKPOINT_CLASSES = {
+    "model": ("mlp_torch.MLPModule", "mlp_torch.train.module.MLPModule", "mlp_torch.module.MLPModule"),
+    "data": (
+        "mlp_torch.MLPDataModule",
+        "mlp_torch.data.MLPDataModule",
+        "mlp_torch.data.module.MLPDataModule",
+    ),
+}
 DEFAULT_SAVE_DIR = "."  # the logger's save_dir unless given: then runs go under default_root_dir
 
 
@@ -500,9 +508,10 @@ def _checkpoint_defaults(state: dict, ckpt: Path, parser) -> dict:
         if not isinstance(saved, dict):
             raise CheckpointError(f"{where}: its {key} settings are not a mapping")
         saved = {k: v for k, v in saved.items() if k != "_instantiator"}
-        class_path = saved.pop("_class_path", CHECKPOINT_CLASSES[key])
-        if class_path != CHECKPOINT_CLASSES[key]:
-            raise CheckpointError(f"{where}: its {key} class {class_path!r} is not {CHECKPOINT_CLASSES[key]}")
+        class_path = saved.pop("_class_path", CHECKPOINT_CLASSES[key][0])
+        if class_path not in CHECKPOINT_CLASSES[key]:
+            expected = CHECKPOINT_CLASSES[key][0]
+            raise CheckpointError(f"{where}: its {key} class {class_path!r} is not {expected}")
         check_class_paths(saved, where)
         seed = saved.get("seed", seed) if seed is None else seed
         for name, value in saved.items():
@@ -703,7 +712,3 @@ def _make_cli(args: list[str] | None, run: bool, dry_run: bool) -> MLPCLI:
         run=run,
         dry_run=dry_run,
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

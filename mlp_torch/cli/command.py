@@ -80,9 +80,9 @@ def gradcheck(
     """
     import torch
 
-    from mlp_torch.gradcheck import check_gradient_check_size, gradient_check
-    from mlp_torch.network import SigmoidMLP
-    from mlp_torch.threads import choose_num_threads
+    from mlp_torch.model.gradcheck import check_gradient_check_size, gradient_check
+    from mlp_torch.model.network import SigmoidMLP
+    from mlp_torch.train.threads import choose_num_threads
 
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but no CUDA device is available: use --device cpu")
@@ -92,7 +92,7 @@ def gradcheck(
         raise ValueError(f"seed={seed!r} is out of range: give an integer in [0, 2**63)")
     net = SigmoidMLP(sizes, init=init, bias_init=bias_init, seed=seed)
     check_gradient_check_size(net.sizes, batch_size)
-    torch.set_num_threads(choose_num_threads(net.sizes, batch_size))  # as fit chooses (mlp_torch.threads)
+    torch.set_num_threads(choose_num_threads(net.sizes, batch_size))  # the rule fit follows
     float_type = getattr(torch, dtype)
     net = net.to(device=device, dtype=float_type)
     gen = torch.Generator().manual_seed(seed)
@@ -133,7 +133,7 @@ def _run(args: list[str], from_command_line: bool) -> int:
         return _gradcheck_cli(args[1:])
     if args[0] == "sweep":
         check_config_files(args)
-        from mlp_torch.sweep import sweep_main  # imports Lightning
+        from mlp_torch.cli.sweep import sweep_main  # imports Lightning
 
         return sweep_main(args[1:])
     if args[0] not in LIGHTNING_SUBCOMMANDS and not args[0].startswith("-"):
@@ -141,7 +141,7 @@ def _run(args: list[str], from_command_line: bool) -> int:
             None, f"unknown subcommand {args[0]!r}: use one of {', '.join(SUBCOMMANDS)} (see {PROG} --help)"
         )
     check_config_files(args)
-    from mlp_torch.cli import make_cli  # imports Lightning
+    from mlp_torch.cli.fit import make_cli  # imports Lightning
 
     if any(a == "--print_config" or a.startswith("--print_config=") for a in args):
         checked = [a for a in args if a != "--print_config" and not a.startswith("--print_config=")]
@@ -225,8 +225,8 @@ def _one_line(err: BaseException) -> str:
 def _training_failure(err: RuntimeError) -> bool:
     """Whether ``err`` is a failed training run (non-finite J, failed cross-check). Their classes
     live with Lightning code, which is loaded by then if training ran."""
-    from mlp_torch.callbacks import NonFiniteObjectiveError
-    from mlp_torch.module import CrossCheckError
+    from mlp_torch.train.callbacks import NonFiniteObjectiveError
+    from mlp_torch.train.module import CrossCheckError
 
     return isinstance(err, (NonFiniteObjectiveError, CrossCheckError))
 
@@ -259,7 +259,3 @@ def run_reporting_errors(run: Callable[[], int], prog: str = PROG) -> int:
         return 2
     except SystemExit as err:  # --help and --print_config exit 0; argument errors are handled above
         return err.code if isinstance(err.code, int) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """One progress bar over the epochs of ``fit``, in place of Lightning's bar per epoch.
 
-Each Lightning training step is a whole epoch here (see :mod:`mlp_torch.module`), so Lightning's
+Each Lightning training step is a whole epoch here (see :mod:`mlp_torch.train.module`), so Lightning's
 own bar shows ``1/1`` for every epoch plus a validation bar: thousands of lines in a log file.
 :class:`EpochProgressBar` shows instead, once per epoch,
 

@@ -1,7 +1,7 @@
 """Backpropagation formulated for speed: the equations of :func:`mlp_torch.backprop.backprop`
 with fewer, fused tensor operations, writing into buffers the caller owns.
 
-:mod:`mlp_torch.backprop` is THE readable implementation of the notes' equations and the reference
+:mod:`mlp_torch.model.backprop` is THE readable implementation of the notes' equations and the reference
 every test checks against; this file is the same mathematics arranged so that a training update
 costs as few tensor operations as possible (at batch 1 each operation's fixed cost dominates):
 
@@ -16,7 +16,7 @@ penalties' gradients per layer            left to the caller (one op on all weig
 new tensors for every gradient            written into the caller's ``grad_W``, ``grad_b``
 ========================================  ===============================================
 
-Stacked members (see :mod:`mlp_torch.network`; a sweep trains them) take the same lines:
+Stacked members (see :mod:`mlp_torch.model.network`; a sweep trains them) take the same lines:
 weights ``(K, out, in)``, biases ``(K, out)``, gradients written into ``(K, ...)`` buffers;
 ``torch.baddbmm`` for ``addmm`` and batched products for ``mm``, and when all members see one
 input the first layer of all of them is one ``addmm``.
@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mlp_torch.costs import COSTS
+from mlp_torch.model.costs import COSTS
 
 __all__ = ["fused_backprop"]
 

@@ -7,7 +7,7 @@ Every argument but ``--grid`` and ``--sweep_dir`` is an argument of ``mlp-torch 
 to all members; each ``--grid KEY=[v1, v2, ...]`` (a YAML list; or ``--grid FILE.yaml``, a
 mapping of keys to lists) adds a dimension, and the members are all combinations. Member
 ``lr=0.3,seed_everything=1`` is the run ``mlp-torch fit ... --model.optimizer.lr 0.3
---seed_everything 1`` would train, update for update (see :mod:`mlp_torch.sweep_module`).
+--seed_everything 1`` would train, update for update (see :mod:`mlp_torch.train.sweep_module`).
 
 In the sweep's folder (``--sweep_dir``, default ``lightning_logs/sweep_N``) each member has its own
 TensorBoard run named by its settings (so TensorBoard overlays their J curves), its ``config.yaml``
@@ -37,9 +37,10 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from mlp_torch.callbacks import ConvergenceStop
-from mlp_torch.data import Batch, MLPDataModule, _one_batch_loader
-from mlp_torch.sweep_module import Convergence, SweepModule
+from mlp_torch.data import Batch, MLPDataModule
+from mlp_torch.data.module import _one_batch_loader
+from mlp_torch.train.callbacks import ConvergenceStop
+from mlp_torch.train.sweep_module import Convergence, SweepModule
 
 __all__ = ["Grid", "StackedData", "build_sweep", "parse_grid", "speed_ratios", "sweep_main"]
 
@@ -200,7 +201,7 @@ def build_sweep(args: list[str], grid: Grid, folder: Path | None = None) -> Swee
     """Build every member as ``mlp-torch fit`` would (``args`` plus its grid values), then the
     stacked system, data and trainer. ``folder``: where the runs go (``None``: the next
     ``lightning_logs/sweep_N`` under the logger's ``save_dir``)."""
-    from mlp_torch.cli import make_cli
+    from mlp_torch.cli.fit import make_cli
 
     members = grid.members
     names = [grid.name(m) for m in members]
@@ -453,7 +454,7 @@ def speed_ratios(
     """
     import tempfile
 
-    from mlp_torch.cli import make_cli
+    from mlp_torch.cli.fit import make_cli
 
     args = [*(args or []), "--trainer.enable_progress_bar", "false"]
     grids = SPEED_GRIDS if grids is None else grids

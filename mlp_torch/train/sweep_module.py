@@ -29,16 +29,17 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from mlp_torch.backprop import output_terms
-from mlp_torch.costs import COSTS, is_off, l1_grad
-from mlp_torch.data import epoch_permutation, from_unit_range
-from mlp_torch.events import ScalarEvents
-from mlp_torch.fused import fused_backprop
-from mlp_torch.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule
-from mlp_torch.network import feedforward, per_member
-from mlp_torch.optim import GradientDescent, HeavyBall, Momentum, _add_scaled
-from mlp_torch.stacked import StackedMLP
-from mlp_torch.threads import choose_num_threads, largest_product, use_threads
+from mlp_torch.data import from_unit_range
+from mlp_torch.model.backprop import output_terms
+from mlp_torch.model.costs import COSTS, is_off, l1_grad
+from mlp_torch.model.fused import fused_backprop
+from mlp_torch.model.network import feedforward, per_member
+from mlp_torch.model.optim import GradientDescent, HeavyBall, Momentum, _add_scaled
+from mlp_torch.model.stacked import StackedMLP
+from mlp_torch.train.events import ScalarEvents
+from mlp_torch.train.loop import epoch_permutation
+from mlp_torch.train.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule
+from mlp_torch.train.threads import choose_num_threads, largest_product, use_threads
 
 __all__ = ["Convergence", "MemberStatus", "SweepModule"]
 
