@@ -146,25 +146,27 @@ def test_histograms_every_n_epochs(tmp_path):
         assert [e.step for e in events.Histograms(tag)] == [0, 2, 4]
 
 
-def test_histogram_counts_every_value_between_min_and_max():
-    from mlp_torch.train.module import _add_histogram
+def test_histogram_counts_every_value_between_min_and_max(tmp_path):
+    from mlp_torch.train.events import RunEvents
 
     written = []
 
-    class Writer:
-        def add_histogram_raw(self, tag, low, high, num, total, squares, limits, counts, global_step):
-            written.append((tag, low, high, num, total, squares, limits, counts, global_step))
+    class Recorder(RunEvents):
+        def summary(self, summary, step):
+            (value,) = summary.value
+            written.append((value.tag, value.histo, step))
 
+    events = Recorder(tmp_path)
     t = torch.tensor([[-2.0, 0.5, 0.5], [1.0, 3.0, 0.0]])
-    _add_histogram(Writer(), "w", t, 7, bins=5)
-    tag, low, high, num, total, squares, limits, counts, step = written.pop()
-    assert (tag, low, high, num, total, squares, step) == ("w", -2.0, 3.0, 6, 3.0, 14.5, 7)
-    assert limits.tolist() == [-1.0, 0.0, 1.0, 2.0, 3.0]  # each bin's right edge
-    assert counts.tolist() == [1, 0, 3, 1, 1]  # [-2,-1) [-1,0) [0,1) [1,2) [2,3]
-    _add_histogram(Writer(), "zeros", torch.zeros(4), 0)  # one value: one bin around it
-    assert written.pop()[6:8][1].tolist() == [4]
-    _add_histogram(Writer(), "nan", torch.tensor([1.0, float("nan")]), 0)
-    _add_histogram(Writer(), "inf", torch.tensor([1.0, float("inf")]), 0)
+    events.histogram("w", t, 7, bins=5)
+    tag, h, step = written.pop()
+    assert (tag, h.min, h.max, h.num, h.sum, h.sum_squares, step) == ("w", -2.0, 3.0, 6, 3.0, 14.5, 7)
+    assert list(h.bucket_limit) == [-1.0, 0.0, 1.0, 2.0, 3.0]  # each bin's right edge
+    assert list(h.bucket) == [1, 0, 3, 1, 1]  # [-2,-1) [-1,0) [0,1) [1,2) [2,3]
+    events.histogram("zeros", torch.zeros(4), 0)  # one value: one bin around it
+    assert list(written.pop()[1].bucket) == [4]
+    events.histogram("nan", torch.tensor([1.0, float("nan")]), 0)
+    events.histogram("inf", torch.tensor([1.0, float("inf")]), 0)
     assert written == []  # TensorBoard rejects inf and NaN: nothing written
 
 

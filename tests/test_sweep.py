@@ -165,9 +165,9 @@ def test_a_converged_member_stops_where_its_fit_stops(tmp_path, monkeypatch, cap
 
 
 def test_scalar_events_read_back_in_tensorboard(tmp_path):
-    from mlp_torch.train.events import ScalarEvents
+    from mlp_torch.train.events import RunEvents
 
-    events = ScalarEvents(tmp_path / "run")
+    events = RunEvents(tmp_path / "run")
     for step in range(3):
         events.add({"train/J": 1.0 / (step + 1), "val/acc": 0.5 + step / 10}, step=step)
     events.flush()
@@ -180,3 +180,168 @@ def test_scalar_events_read_back_in_tensorboard(tmp_path):
         (2, 0.333333),
     ]
     assert [round(e.value, 6) for e in read.Scalars("val/acc")] == [0.5, 0.6, 0.7]
+
+
+# ---- one engine: every feature of fit works in a sweep, per member ------------------------------
+
+SCHEDULE = [
+    "--model.lr_scheduler",
+    "torch.optim.lr_scheduler.ExponentialLR",
+    "--model.lr_scheduler.gamma",
+    "0.9",
+]
+
+
+def member_weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    return torch.load(folder / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
+
+
+def test_a_scheduled_sweep_equals_its_fits_with_the_schedules_settings_swept(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = [*IRIS, "--model.batch_size", "8", "--trainer.max_epochs", "5", "--convergence.enabled", "false",
+            *SCHEDULE]  # fmt: skip
+    grid = ["--grid", "model.lr_scheduler.gamma=[0.5, 0.95]", "--grid", "model.optimizer.lr=[1, 3]"]
+    assert main(["sweep", *args, *grid, "--sweep_dir", "sw"]) == 0
+    for gamma in ("0.5", "0.95"):
+        for lr in ("1", "3"):
+            alone = fit_weights([*args, "--model.lr_scheduler.gamma", gamma, "--model.optimizer.lr", lr],
+                                tmp_path / f"{gamma}-{lr}")  # fmt: skip
+            assert_same_weights(
+                tmp_path / "sw" / f"gamma={gamma},lr={lr}" / "checkpoints" / "last.ckpt", alone
+            )
+
+
+def test_a_cross_checked_sweep_logs_each_members_error_and_names_the_member_that_fails(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    args = [
+        *IRIS,
+        "--model.batch_size",
+        "full",
+        "--trainer.max_epochs",
+        "3",
+        "--model.crosscheck_every_n_steps",
+        "1",
+    ]
+    assert main(["sweep", *args, "--grid", "model.l1=[0, 0.01]", "--sweep_dir", "sw"]) == 0
+    for name in ("l1=0", "l1=0.01"):
+        events = EventAccumulator(str(tmp_path / "sw" / name))
+        events.Reload()
+        errors = [e.value for e in events.Scalars("gradcheck/max_rel_err")]
+        assert len(errors) == 3 and max(errors) < 1e-10
+    assert main(["fit", *args, "--model.l1", "0.01"]) == 0
+    tight = ["--model.crosscheck_tolerance", "1e-300", "--model.crosscheck_action", "error"]
+    assert main(["sweep", *args, *tight, "--grid", "model.l1=[0, 0.01]", "--sweep_dir", "sw2"]) == 1
+    assert "member l1=0: hand-written and autograd gradients disagree" in capsys.readouterr().err
+
+
+def test_a_streamed_sweep_equals_the_one_in_memory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [*IRIS, "--model.batch_size", "4", "--trainer.max_epochs", "3", "--convergence.enabled", "false"]
+    grid = ["--grid", "seed_everything=[0, 1]", "--grid", "model.optimizer.lr=[0.5, 2]"]
+    assert main(["sweep", *args, *grid, "--sweep_dir", "memory"]) == 0
+    streamed = ["--data.streaming", "on", "--data.memory_budget_mb", "0.001"]  # a few rows per chunk
+    assert main(["sweep", *args, *streamed, *grid, "--sweep_dir", "streamed"]) == 0
+    for name in ("seed_everything=0,lr=0.5", "seed_everything=1,lr=2"):
+        ours = member_weights(tmp_path / "streamed", name)
+        for key, value in member_weights(tmp_path / "memory", name).items():
+            torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-10)
+
+
+def test_an_existing_sweep_folder_is_refused_and_left_as_it_is(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = [*IRIS, "--trainer.max_epochs", "2", "--grid", "model.l2=[0, 0.001]", "--sweep_dir", "sw"]
+    assert main(["sweep", *args]) == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "sw").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["sweep", *args]) == 2
+    err = capsys.readouterr().err
+    assert "mlp-torch: error: --sweep_dir sw holds a sweep already" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in (tmp_path / "sw").rglob("*") if p.is_file()} == before
+
+
+def test_a_members_checkpoints_are_fit_checkpoints(tmp_path, monkeypatch, capsys):
+    """predict from a member's best.ckpt; fit --ckpt_path MEMBER/last.ckpt continues that member
+    alone, exactly as its own fit resumed would."""
+    monkeypatch.chdir(tmp_path)
+    args = [*IRIS, "--model.batch_size", "8", "--convergence.enabled", "false", *SCHEDULE]
+    assert main(["sweep", *args, "--trainer.max_epochs", "3", "--grid", "model.optimizer.lr=[0.5, 2]",
+                 "--sweep_dir", "sw"]) == 0  # fmt: skip
+    member = tmp_path / "sw" / "lr=2"
+    assert main(["predict", "--ckpt_path", str(member / "checkpoints" / "best.ckpt"), *QUIET]) == 0
+    rows = (member / "predict" / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("row,predicted,target,p_setosa") and len(rows) == 31
+    assert main(["fit", "--ckpt_path", str(member / "checkpoints" / "last.ckpt"), "--trainer.max_epochs", "5",
+                 *QUIET]) == 0  # fmt: skip
+    assert (member / "config-resume-1.yaml").is_file()
+    straight = fit_weights(
+        [*args, "--model.optimizer.lr", "2", "--trainer.max_epochs", "5"], tmp_path / "alone"
+    )
+    assert_same_weights(member / "checkpoints" / "last.ckpt", straight)
+
+
+def test_a_killed_sweep_resumed_with_ckpt_path_last_is_bit_identical(tmp_path):
+    """SIGKILL in the middle of a sweep whose members converge at different epochs, then
+    --ckpt_path last: the final weights of every member equal an uninterrupted sweep's, bit for bit."""
+    import os
+    import signal
+    import time
+
+    args = [*IRIS, "--model.batch_size", "4", "--trainer.max_epochs", "60", *SCHEDULE,
+            "--convergence.threshold", "0.002", "--grid", "model.optimizer.lr=[0.05, 0.5, 3]"]  # fmt: skip
+    cmd = [sys.executable, "-m", "mlp_torch.cli", "sweep", *args]
+    straight = subprocess.run([*cmd, "--sweep_dir", "straight"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = subprocess.Popen([*cmd, "--sweep_dir", "killed"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    last = tmp_path / "killed" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while killed.poll() is None and time.monotonic() < deadline:
+        if last.is_file() and torch.load(last, weights_only=True)["epoch"] >= 10:
+            os.kill(killed.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    resumed = subprocess.run([*cmd, "--sweep_dir", "killed", "--ckpt_path", "last"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = (torch.load(tmp_path / d / "last.ckpt", weights_only=True) for d in ("straight", "killed"))
+    assert a["epoch"] == b["epoch"] and a["members"]["status"] == b["members"]["status"]
+    assert {s["stopped"] for s in a["members"]["status"]} >= {"converged"}
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    rows = [line.split(",")[:3] for line in (tmp_path / "killed" / "results.csv").read_text().splitlines()]
+    assert rows == [
+        line.split(",")[:3] for line in (tmp_path / "straight" / "results.csv").read_text().splitlines()
+    ]
+
+
+def test_a_thousand_member_grid_trains_two_epochs(tmp_path, monkeypatch, capsys):
+    """1,000 members on iris (10 rates x 10 momenta x 10 weight decays), 2 epochs: grid expanded
+    without a parse per member, every member's checkpoints written, the table complete."""
+    monkeypatch.chdir(tmp_path)
+    rates = ", ".join(f"{0.1 * (i + 1):.1f}" for i in range(10))
+    alphas = ", ".join(f"{0.09 * i:.2f}" for i in range(10))
+    decays = ", ".join(f"{1e-4 * i:.4f}" for i in range(10))
+    grid = ["--grid", f"model.optimizer.lr=[{rates}]", "--grid", f"model.optimizer.alpha=[{alphas}]",
+            "--grid", f"model.l2=[{decays}]"]  # fmt: skip
+    assert main(["sweep", *IRIS, "--trainer.max_epochs", "2", *grid, "--sweep_dir", "sw"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "sw" / "results.csv")))
+    assert len(rows) == 1000 and {r["epochs"] for r in rows} == {"2"}
+    assert len(list((tmp_path / "sw").glob("*/checkpoints/last.ckpt"))) == 1000
+    assert "LightningCLI" not in capsys.readouterr().err  # no per-member warnings
+
+
+def test_a_grid_too_large_for_memory_is_refused_with_its_size(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    values = ", ".join(str(i) for i in range(1000))
+    grid = ["--grid", f"seed_everything=[{values}]", "--grid", f"model.l2=[{values}]"]  # 10^6 members
+    assert main(["sweep", "--data.dataset", "iris", *grid]) == 2
+    err = capsys.readouterr().err
+    assert "a grid of 1,000,000 members" in err and "needs about" in err
+    assert not (tmp_path / "lightning_logs").exists()

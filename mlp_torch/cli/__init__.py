@@ -6,8 +6,9 @@ prints and leaves behind). ``main`` and ``make_cli`` are imported on first use, 
 
 import importlib
 
+PROG = "mlp-torch"  # the command's name, as its messages and help give it
 _HOMES = {"main": "mlp_torch.cli.command", "make_cli": "mlp_torch.cli.fit"}
-__all__ = sorted(_HOMES)
+__all__ = ["PROG", *sorted(_HOMES)]
 
 
 def __getattr__(name: str):

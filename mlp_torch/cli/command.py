@@ -18,9 +18,10 @@ from argparse import ArgumentError
 from collections.abc import Callable
 from typing import Literal
 
+from mlp_torch.cli import PROG
+
 __all__ = ["HELP", "SUBCOMMANDS", "gradcheck", "main", "run_reporting_errors"]
 
-PROG = "mlp-torch"
 SUBCOMMANDS = {  # name -> what it does, as the top-level help lists it
     "fit": "train a network, test its best checkpoint (lowest val/J), print a summary",
     "validate": "evaluate a checkpoint (--ckpt_path) on the validation split",

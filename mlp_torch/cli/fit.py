@@ -10,10 +10,8 @@ run that fails (non-finite J, failed cross-check) ends with one line and exit co
 
 from __future__ import annotations
 
-import csv
 import logging
 import re
-import shutil
 import sys
 import time
 import warnings
@@ -31,9 +29,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from mlp_torch.cli.command import PROG
-from mlp_torch.data import MLPDataModule, from_unit_range
-from mlp_torch.model.optim import Momentum
+from mlp_torch.cli import PROG
+from mlp_torch.cli.report import final_metrics, fit_summary, hparams_entry, log_hparams, write_predictions
+from mlp_torch.data import MLPDataModule
 from mlp_torch.train.callbacks import ConvergenceStop, LearningRateDiagnostics
 from mlp_torch.train.checkpoints import (
     AtomicCheckpointIO,
@@ -46,7 +44,7 @@ from mlp_torch.train.checkpoints import (
     read_checkpoint,
     remove_stale_temp_files,
 )
-from mlp_torch.train.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule
+from mlp_torch.train.module import DEFAULT_ALPHA, DEFAULT_LR, MLPModule, default_optimizer
 from mlp_torch.train.progress import EpochProgressBar
 
 __all__ = ["MLPCLI", "make_cli"]
@@ -161,8 +159,9 @@ class MLPCLI(LightningCLI):
             "hyper_parameters": {k: model.get(k) for k in ("optimizer", "lr_scheduler")},
             "datamodule_hyper_parameters": dict(data),
         }
+        self.model.records = [record]
         saved = (self._checkpoint or {}).get("hyper_parameters", {}).get("optimizer") or {}
-        self.trainer.callbacks.append(_RecordInCheckpoint(record, saved.get("init_args") or {}))
+        self.trainer.callbacks.append(_CommandLineWins(record, saved.get("init_args") or {}))
 
     def _run_subcommand(self, subcommand: str) -> None:
         if self.dry_run:
@@ -207,7 +206,7 @@ class MLPCLI(LightningCLI):
             )
         flat = torch.cat([p.detach().reshape(-1) for p in self.model.net.parameters()])
         check_training_state(
-            state, where, self.subcommand, self.trainer, self.model.optimizer_factory or _default_optimizer,
+            state, where, self.subcommand, self.trainer, self.model.optimizer_factory or default_optimizer,
             self.model.scheduler_factory, flat,
         )  # fmt: skip
 
@@ -294,40 +293,24 @@ class MLPCLI(LightningCLI):
         fit_metrics = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
         }
-        hp = run_hparams(trainer, model, self.datamodule)
+        data = self.config_dump.get("data", {})
+        hp = hparams_entry(model, 0, data, trainer.max_epochs, convergence.settings[0])
         # Read before testing: loading the best checkpoint restores the callbacks' older state.
         diagnostics = next(c for c in trainer.callbacks if isinstance(c, LearningRateDiagnostics))
         rises, largest_rise = len(diagnostics.increases), diagnostics.largest_rise
         epochs = trainer.current_epoch
-        ckpt = trainer.checkpoint_callback
-        best = getattr(ckpt, "best_model_path", "") or None
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
         results = trainer.test(model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
-        metrics = results[0] if results else {}
-        if isinstance(trainer.logger, TensorBoardLogger):
-            final = {f"hp/{k.replace('/', '_')}": float(v) for k, v in {**fit_metrics, **metrics}.items()}
-            log_hparams(trainer.logger, hp, final)
+        test = results[0] if results else {}
+        log_dir = trainer.log_dir or "."  # (a collective under DDP: every process asks)
+        if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
+            log_hparams(log_dir, hp, final_metrics(fit_metrics, test), epochs)
+            trainer.logger.log_hyperparams(hp)  # hparams.yaml
             trainer.logger.finalize("success")
-        log_dir = trainer.log_dir or "."
-        lines = ["", "mlp-torch fit: done"]
-        for name in ("test/acc", "test/mse", "test/J"):
-            if name in metrics:
-                value = metrics[name]
-                lines.append(f"  {name:<9} {value:.2%}" if name == "test/acc" else f"  {name:<9} {value:.6g}")
-        if rises:
-            hint = (
-                "batch GD has no sampling noise: the rate is too large"
-                if model.hparams.batch_size == "full"
-                else "mini-batch noise if by a few %; the rate too large if by much"
-            )
-            lines.append(f"  J rose    in {rises} of {epochs} epochs, by at most {largest_rise:.1%} ({hint})")
-        lines += [
-            f"  epochs    {epochs} ({why})",
-            f"  tested    {'best checkpoint ' + best if best else 'final weights'}",
-            f"  wall time {seconds:.1f} s",
-            f"  logs      {log_dir}",
-            f"  see them  {_tensorboard()} --logdir {Path(log_dir).parent}",
-        ]
-        print0("\n".join(lines))
+        full = model.hparams.batch_size == "full"
+        print0(
+            fit_summary(test, rises, largest_rise, epochs, why, full, best, seconds, trainer.log_dir or ".")
+        )
 
     def after_predict(self) -> None:
         """Write the test split's predictions to ``predictions.csv`` in the run's log folder
@@ -343,74 +326,6 @@ class MLPCLI(LightningCLI):
             path = folder / f"predictions-{n}.csv"
         write_predictions(path, outputs, self.datamodule)
         print(f"mlp-torch predict: {len(outputs)} predictions of the test split written to {path}")
-
-
-DATA_HPARAMS = ("dataset", "target", "scaling", "val_fraction", "test_fraction", "n_samples", "noise",
-                "cv_folds", "cv_fold")  # fmt: skip
-
-
-def run_hparams(trainer: Trainer, model: MLPModule, dm: MLPDataModule) -> dict[str, int | float | str | bool]:
-    """What tells runs apart, for TensorBoard's HParams tab: the model's settings (``seed`` too),
-    the optimizer and the learning-rate schedule with their settings, the data set and how it is
-    split and scaled, ``max_epochs`` and the convergence stop."""
-    hp = {k: v for k, v in model.hparams.items() if not k.startswith("_")}  # not LightningCLI's
-    hp.update(model.optimizer_hparams())
-    scheduler = model.lr_schedulers()
-    hp["lr_scheduler"] = type(scheduler).__name__ if scheduler is not None else "None"
-    if scheduler is not None:
-        settings = scheduler.state_dict()  # e.g. gamma; not its counters
-        hp.update({f"lr_scheduler.{k}": v for k, v in settings.items() if k not in ("last_epoch", "verbose")})
-    hp.update({name: getattr(dm, name) for name in DATA_HPARAMS})
-    hp["max_epochs"] = trainer.max_epochs
-    convergence = next(c for c in trainer.callbacks if isinstance(c, ConvergenceStop))
-    hp.update({f"convergence.{k}": getattr(convergence, k) for k in ("enabled", "threshold", "patience")})
-    scalar = (int, float, str, bool)
-    return {k: v if isinstance(v, scalar) else str(v) for k, v in hp.items() if not k.startswith("_")}
-
-
-@rank_zero_only  # the other processes' loggers write nothing
-def log_hparams(logger: TensorBoardLogger, hp: dict, metrics: dict[str, float]) -> None:
-    """The run's hyper-parameters and final metrics for the HParams tab.
-
-    No experiment summary is written: TensorBoard takes the hparam and metric lists of the first
-    run that has one for all runs (another task's metrics then go missing, and no hparam
-    "differs"); without one it builds both lists from all runs, as the tab should.
-    """
-    from torch.utils.tensorboard.summary import hparams
-
-    logger.log_metrics(metrics)
-    _, start, end = hparams(hp, metrics)
-    writer = logger.experiment._get_file_writer()
-    writer.add_summary(start)
-    writer.add_summary(end)
-    logger.hparams.update(hp)  # hparams.yaml
-
-
-def write_predictions(path: Path, outputs: torch.Tensor, dm: MLPDataModule) -> None:
-    """``predictions.csv`` for the test split, ``\\n`` line endings, one row per example.
-
-    ``row`` is the example's row in the original data set (its data row in the user's file, header
-    not counted; its index in a built-in set). Classification (``outputs`` ``(n, k)``, the sigmoid
-    outputs): ``predicted`` and ``target`` as class names, then ``p_<class>`` per class, the
-    outputs divided by their sum (each row sums to 1; the largest is the predicted class).
-    Regression (``outputs`` ``(n, k)`` in the target's units): ``predicted_j`` and ``target_j``
-    per output.
-    """
-    rows = dm.rows_test.cpu().tolist()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("x", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        if dm.task == "classification":
-            p = outputs / outputs.sum(dim=1, keepdim=True)  # (n, k)
-            writer.writerow(["row", "predicted", "target", *(f"p_{c}" for c in dm.classes)])
-            for r, k, t, probs in zip(rows, p.argmax(dim=1).tolist(), dm.labels_test.tolist(), p.tolist()):
-                writer.writerow([r, dm.classes[k], dm.classes[t], *(f"{q:.6g}" for q in probs)])
-        else:
-            k = range(outputs.shape[1])
-            target = from_unit_range(dm.y_test.cpu(), dm.target_low, dm.target_high)  # (n, k)
-            writer.writerow(["row", *(f"predicted_{j}" for j in k), *(f"target_{j}" for j in k)])
-            for r, p, t in zip(rows, outputs.tolist(), target.tolist()):
-                writer.writerow([r, *(f"{v:.6g}" for v in p), *(f"{v:.6g}" for v in t)])
 
 
 # Settings a checkpoint does not set: linked from the data or from --seed_everything.
@@ -601,10 +516,6 @@ def _plan_run(subcommand: str, config, ckpt: Path | None) -> _RunPlan:
     return _RunPlan(root / init.version, subcommand == "fit", None)
 
 
-def _default_optimizer(params) -> torch.optim.Optimizer:
-    return Momentum(params, lr=DEFAULT_LR, alpha=DEFAULT_ALPHA)
-
-
 def _run_folder_of(ckpt: Path | None) -> Path | None:
     """The run folder a checkpoint lies in, ``RUN/checkpoints/NAME.ckpt``, wherever the run was
     moved or copied to (a ``version_N`` folder, or any folder holding its ``config.yaml``), else
@@ -615,10 +526,10 @@ def _run_folder_of(ckpt: Path | None) -> Path | None:
     return run if run.name.startswith("version_") or (run / "config.yaml").is_file() else None
 
 
-class _RecordInCheckpoint(Callback):
-    """Adds settings to every checkpoint: ``{key: {name: value}}``, merged into ``checkpoint[key]``.
-    On a resume, optimizer settings given now that differ from the checkpoint's (``saved``) replace
-    the restored ones in the optimizer's parameter groups: the command line wins there too."""
+class _CommandLineWins(Callback):
+    """On a resume, optimizer settings given now that differ from the checkpoint's (``saved``)
+    replace the restored ones in the optimizer's parameter groups: the command line wins there
+    too, as it does for every other setting."""
 
     def __init__(self, record: dict[str, dict], saved: dict) -> None:
         self.record, self.saved = record, saved
@@ -632,15 +543,6 @@ class _RecordInCheckpoint(Callback):
                 for name, value in given.items():
                     if name in group and name in self.saved and value != self.saved[name]:
                         group[name] = value
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        for key, values in self.record.items():
-            checkpoint.setdefault(key, {}).update(values)
-
-
-def _tensorboard() -> str:
-    beside = Path(sys.executable).parent / "tensorboard"
-    return str(beside) if beside.exists() else (shutil.which("tensorboard") or "tensorboard")
 
 
 UNRELATED = (  # Lightning's console lines that say nothing about this run, or nothing new

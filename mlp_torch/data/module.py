@@ -1,6 +1,7 @@
 """The LightningDataModule: one data set read, split, scaled and encoded once, each split served
 as a single batch."""
 
+import copy
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Literal, NamedTuple
@@ -54,7 +55,7 @@ class _WholeSplit:
 
 def _one_batch_loader(x: Tensor, y: Tensor) -> _WholeSplit | list:
     """An iterable yielding ``Batch(x, y)`` once, or ``[]`` for an empty split."""
-    return _WholeSplit(Batch(x, y)) if len(x) else []
+    return _WholeSplit(Batch(x, y)) if x.shape[-2] else []
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,17 @@ class _Splits:
     def to(self, device: torch.device) -> "_Splits":
         tensors = {f.name: getattr(self, f.name) for f in fields(self)}
         return replace(self, **{k: v.to(device) for k, v in tensors.items() if isinstance(v, Tensor)})
+
+    @staticmethod
+    def stacked(splits: list["_Splits"]) -> "_Splits":
+        """Several members' data as one: each split's inputs and targets stacked, ``(K, n, ...)``
+        (what else the first member has: a sweep's table reads nothing more)."""
+        stacked = {f"{v}_{split}": torch.stack([getattr(s, f"{v}_{split}") for s in splits])
+                   for v in "xy" for split in SPLITS}  # fmt: skip
+        return replace(splits[0], **stacked)
+
+
+SPLITS = ("train", "val", "test")
 
 
 def _loaded(name: str, doc: str) -> property:
@@ -175,6 +187,7 @@ class MLPDataModule(LightningDataModule):
         self.noise = noise
         self.dtype = dtype
         self._splits: _Splits | None = None
+        self.members = 1  # how many networks' batches are made from each training row (a sweep's K)
 
     task = _loaded("task", '"classification" or "regression".')
     classes = _loaded("classes", "Original class labels (int or str) by label; or None.")
@@ -198,18 +211,39 @@ class MLPDataModule(LightningDataModule):
     @property
     def n_features(self) -> int:
         """The number of inputs."""
-        return self.x_train.shape[1]
+        return self.x_train.shape[-1]
 
     @property
     def n_outputs(self) -> int:
         """The number of classes (classification) or of target columns (regression)."""
-        return self.y_train.shape[1]
+        return self.y_train.shape[-1]
+
+    @classmethod
+    def of_members(cls, datamodules: list["MLPDataModule"], names: list[str]) -> "MLPDataModule":
+        """The data of a sweep's members, ``datamodules[k]`` member ``k``'s (the same object
+        where members share their data): that one module when they all do, else one whose splits
+        are stacked ``(K, n, ...)`` (the members' splits must then have equal sizes)."""
+        first = datamodules[0]
+        if all(dm is first for dm in datamodules):
+            return first
+        for split in SPLITS:
+            sizes = [len(getattr(dm, f"x_{split}")) for dm in datamodules]
+            for name, n in zip(names, sizes):
+                if n != sizes[0]:
+                    raise ValueError(
+                        f"the {split} split has {sizes[0]} examples in member {names[0]} but {n} in {name}: "
+                        "members with their own data must have splits of equal sizes"
+                    )
+        stacked = copy.copy(first)
+        stacked._splits = _Splits.stacked([dm._load() for dm in datamodules])
+        stacked.members = len(datamodules)
+        return stacked
 
     def describe(self) -> str:
         """A one-line summary, e.g. ``iris: classification, 90/30/30 train/val/test examples,
         4 features -> 3 outputs``."""
         splits = self._load()
-        sizes = "/".join(str(len(x)) for x in (splits.x_train, splits.x_val, splits.x_test))
+        sizes = "/".join(str(x.shape[-2]) for x in (splits.x_train, splits.x_val, splits.x_test))
         fold = f" (val = fold {self.cv_fold} of {self.cv_folds})" if self.cv_folds else ""
         return (
             f"{self.dataset}: {splits.task}, {sizes} train/val/test examples{fold}, "
@@ -248,14 +282,14 @@ class MLPDataModule(LightningDataModule):
         if self.streaming == "off":
             return None
         x, y = self.x_train, self.y_train
-        row_bytes = (x.shape[1] + y.shape[1]) * x.element_size()
+        row_bytes = (x.shape[-1] + y.shape[-1]) * x.element_size() * self.members  # every member's row
         if self.memory_budget_mb is not None:
             budget = self.memory_budget_mb * 2**20
         elif device.type == "cuda":
             budget = torch.cuda.mem_get_info(device)[0] / 2
         else:
             budget = DEFAULT_STREAM_BUDGET_MB * 2**20 if self.streaming == "on" else math.inf
-        if self.streaming == "auto" and len(x) * row_bytes <= budget:
+        if self.streaming == "auto" and x.shape[-2] * row_bytes <= budget:
             return None
         return max(1, int(budget // row_bytes))
 

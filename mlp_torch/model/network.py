@@ -13,7 +13,10 @@ per-member settings as ``(K,)`` tensors (see :func:`per_member`). The equations 
 lines of code; ``W.mT`` and batched matrix products do the rest. The input ``x`` is either one
 batch ``(n, n_in)`` that all members see, or one batch per member ``(K, n, n_in)``.
 
-This module knows nothing of training or Lightning: it is a plain ``nn.Module``.
+:class:`StackedMLP` holds K networks of one layer sizes as one module, member ``k`` starting with
+exactly the weights of the ``k``-th :class:`SigmoidMLP` it is built from (a sweep trains them).
+
+This module knows nothing of training or Lightning: its networks are plain ``nn.Module``s.
 """
 
 from __future__ import annotations
@@ -26,7 +29,16 @@ from torch import Tensor, nn
 
 from mlp_torch.limits import check_fits_in_memory
 
-__all__ = ["INITS", "SigmoidMLP", "feedforward", "per_member", "sigmoid", "sigmoid_prime", "weighted_input"]
+__all__ = [
+    "INITS",
+    "SigmoidMLP",
+    "StackedMLP",
+    "feedforward",
+    "per_member",
+    "sigmoid",
+    "sigmoid_prime",
+    "weighted_input",
+]
 
 
 def sigmoid(z: Tensor) -> Tensor:
@@ -191,3 +203,61 @@ class SigmoidMLP(nn.Module):
 
     def extra_repr(self) -> str:
         return f"sizes={self.sizes}, init={self.init!r}, bias_init={self.bias_init}"
+
+
+class StackedMLP(nn.Module):
+    """``K`` sigmoid MLPs of the same sizes as one module, one member per network.
+
+    Args:
+        nets: the members' starting networks, all of the same ``sizes``, dtype and device.
+    """
+
+    def __init__(self, nets: Sequence[SigmoidMLP]) -> None:
+        super().__init__()
+        if not nets:
+            raise ValueError("StackedMLP needs at least one network")
+        sizes = nets[0].sizes
+        for k, net in enumerate(nets):
+            if net.sizes != sizes:
+                raise ValueError(f"member {k} has layer sizes {net.sizes}, member 0 {sizes}: they must match")
+        self.sizes, self.n_members = list(sizes), len(nets)
+        self.W = nn.ParameterList(
+            nn.Parameter(torch.stack([net.weights[i].detach() for net in nets]))  # (K, out, in)
+            for i in range(len(sizes) - 1)
+        )
+        self.b = nn.ParameterList(
+            nn.Parameter(torch.stack([net.biases[i].detach() for net in nets]))  # (K, out)
+            for i in range(len(sizes) - 1)
+        )
+
+    @property
+    def weights(self) -> list[Tensor]:
+        """``[W_1, ..., W_L]``, each ``(K, out, in)``."""
+        return list(self.W)
+
+    @property
+    def biases(self) -> list[Tensor]:
+        """``[b_1, ..., b_L]``, each ``(K, out)``."""
+        return list(self.b)
+
+    def forward_pass(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """``(zs, activations)`` of every layer, each ``(K, n, n_l)``; ``x`` is ``(n, n_in)``
+        (all members see it) or ``(K, n, n_in)``."""
+        return feedforward(self.weights, self.biases, x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``y_hat = a_L`` of every member, ``(K, n, n_out)``."""
+        return self.forward_pass(x)[1][-1]
+
+    def member_state(self, k: int) -> dict[str, Tensor]:
+        """Member ``k``'s weights as a :class:`SigmoidMLP` state dict (``layers.{l}.weight``, ...)."""
+        state = {}
+        for i, (W, b) in enumerate(zip(self.W, self.b)):
+            state[f"layers.{i}.weight"], state[f"layers.{i}.bias"] = (
+                W[k].detach().clone(),
+                b[k].detach().clone(),
+            )
+        return state
+
+    def extra_repr(self) -> str:
+        return f"members={self.n_members}, sizes={self.sizes}"

@@ -1,29 +1,33 @@
-"""The notes' learning-rate practice as Lightning callbacks.
+"""The notes' learning-rate practice as Lightning callbacks, for each member of a run.
 
 * J must fall: when the epoch's training J rises, :class:`LearningRateDiagnostics` warns (console
   and TensorBoard) that the learning rate may be too large, naming both values of J and the rate.
 * A non-finite J stops training at once (:class:`NonFiniteObjectiveError`), naming the update and
-  the rate; the checkpoints already written are kept.
+  the rate; the checkpoints already written are kept. In a sweep the member is stopped instead, at
+  its weights from before that epoch, and reported; the error comes when every member has.
 * Convergence: :class:`ConvergenceStop` stops when the change in training J between epochs stays
-  below a threshold (1e-3 by default) for ``patience`` epochs, and says so.
+  below a threshold (1e-3 by default) for ``patience`` epochs, and says so (in a sweep: that
+  member stops, the others train on).
 * Saturation: when training ends with the output sigmoids saturated at chance accuracy,
   :class:`LearningRateDiagnostics` says so (a flat J there is not convergence).
 
-Both read ``pl_module.epoch_stats``, which :class:`mlp_torch.module.MLPModule` fills each epoch,
-and log through its ``log_epoch`` (one call per epoch for all names, unlike ``self.log``).
+Both read ``pl_module.epoch_stats`` (one value per member), which
+:class:`mlp_torch.train.module.MLPModule` fills each epoch, stop a member with its
+``stop_member``, and log through its ``log_epoch`` (one call per epoch for all names). A callback's
+state is that of one member, as ``fit`` saves it, or ``{"members": [...]}`` of K.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["ConvergenceStop", "LearningRateDiagnostics", "NonFiniteObjectiveError"]
+__all__ = ["Convergence", "ConvergenceStop", "LearningRateDiagnostics", "NonFiniteObjectiveError"]
 
 log = logging.getLogger(__name__)  # one plain line on stderr by default
 
@@ -35,6 +39,23 @@ class NonFiniteObjectiveError(RuntimeError):
     """Training J became NaN or infinite."""
 
 
+def _member_states(state: dict, n_members: int) -> list[dict]:
+    """A saved callback state as one state per member."""
+    states = state.get("members", [state]) if isinstance(state, dict) else None
+    if (
+        not isinstance(states, list)
+        or len(states) != n_members
+        or not all(isinstance(s, dict) for s in states)
+    ):
+        raise ValueError(f"it holds the state of {len(states) if isinstance(states, list) else 'no'} members, "
+                         f"this run has {n_members}")  # fmt: skip
+    return states
+
+
+def _saved(states: list[dict]) -> dict:
+    return states[0] if len(states) == 1 else {"members": states}
+
+
 class LearningRateDiagnostics(Callback):
     """Warn when the epoch's training J rises; stop with an error when it is not finite.
 
@@ -44,7 +65,8 @@ class LearningRateDiagnostics(Callback):
         max_printed: rises printed on the console; later ones are only counted (``increases``,
             ``largest_rise``) and logged to TensorBoard. With mini-batches J wobbles by a few
             percent from epoch to epoch once training has levelled off, and a long run would
-            otherwise print a line for a third or more of its epochs.
+            otherwise print a line for a third or more of its epochs. A sweep prints none (its
+            table counts them; each member's TensorBoard run has them).
         warn_on_saturation: when training ends, warn if at least 90% of the output sigmoids on
             the training split are within 0.01 of 0 or 1 while the network is no better than
             chance (or the task is regression): the gradient vanished, J stopped changing
@@ -64,42 +86,93 @@ class LearningRateDiagnostics(Callback):
             raise ValueError(f"max_printed={max_printed!r} must be an integer >= 0")
         self.warn_on_increase, self.rise_tolerance = warn_on_increase, rise_tolerance
         self.max_printed, self.warn_on_saturation = max_printed, warn_on_saturation
-        self.previous_J: float | None = None
-        self.increases: list[str] = []
-        self.largest_rise = 0.0  # the largest relative rise, (J - previous J) / previous J
+        self._members(1)
+
+    def _members(self, n: int) -> None:
+        self.previous_Js: list[float | None] = [None] * n
+        self.member_increases: list[list[str]] = [[] for _ in range(n)]
+        self.largest_rises = [0.0] * n  # the largest relative rise, (J - previous J) / previous J
+
+    @property
+    def previous_J(self) -> float | None:
+        """The last epoch's training J (the first member's, in a sweep)."""
+        return self.previous_Js[0]
+
+    @property
+    def increases(self) -> list[str]:
+        """The J rises of the run (its first member's, in a sweep)."""
+        return self.member_increases[0]
+
+    @property
+    def largest_rise(self) -> float:
+        return self.largest_rises[0]
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if len(self.previous_Js) != pl_module.n_members:
+            self._members(pl_module.n_members)
 
     def _check_J(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        stats = pl_module.epoch_stats
-        J, lr, epoch = stats["J"], stats["lr"], trainer.current_epoch
-        if stats["first_nonfinite_update"] >= 0 or not math.isfinite(J):
-            k = max(stats["first_nonfinite_update"], 0)
-            update = trainer.global_step - stats["updates"] + k + 1
+        stats, epoch, K = pl_module.epoch_stats, trainer.current_epoch, pl_module.n_members
+        rose = [0.0] * K
+        for k in range(K):
+            if pl_module.status[k].stopped:
+                continue
+            J, lr, bad = stats["J"][k], stats["lr"][k], stats["first_nonfinite_update"][k]
+            if bad >= 0 or not math.isfinite(J):
+                self._nonfinite(trainer, pl_module, k, max(bad, 0), lr)
+                continue
+            prev, self.previous_Js[k] = self.previous_Js[k], J
+            if self.warn_on_increase and prev is not None and J > prev * (1 + self.rise_tolerance):
+                self._rose(trainer, pl_module, k, prev, J, lr)
+            rose[k] = float(prev is not None and J > prev)
+        pl_module.log_epoch({"diagnostics/J_rose": rose})
+
+    def _nonfinite(
+        self, trainer: Trainer, pl_module: LightningModule, k: int, update: int, lr: float
+    ) -> None:
+        stats, epoch = pl_module.epoch_stats, trainer.current_epoch
+        if pl_module.n_members == 1:
+            total = trainer.global_step - stats["updates"] + update + 1
             ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
             kept = f"; the last good checkpoint is {ckpt}" if ckpt else ""
             raise NonFiniteObjectiveError(
-                f"training J became non-finite at update {update} (epoch {epoch}, update {k + 1} of "
+                f"training J became non-finite at update {total} (epoch {epoch}, update {update + 1} of "
                 f"{stats['updates']}) with learning rate {lr:g}: the rate is far too large, lower it "
                 f"(e.g. --model.optimizer.lr {lr / 10:g}){kept}"
             )
-        prev = self.previous_J
-        self.previous_J = J
-        if self.warn_on_increase and prev is not None and J > prev * (1 + self.rise_tolerance):
-            msg = (
-                f"epoch {epoch}: training J rose from {prev:.6g} to {J:.6g} with learning rate {lr:g}; "
-                f"the learning rate may be too large"
+        why = (
+            f"training J became non-finite in epoch {epoch} (update {update + 1} of {stats['updates']}) "
+            f"with learning rate {lr:g}; kept the weights from before that epoch"
+        )
+        pl_module.stop_member(k, "diverged", why)
+        if all(status.stopped == "diverged" for status in pl_module.status):
+            raise NonFiniteObjectiveError(
+                f"every member's training J became non-finite (the last in epoch {epoch}): the rates are "
+                "far too large, lower them"
             )
-            self.increases.append(msg)
-            self.largest_rise = max(self.largest_rise, (J - prev) / prev if prev > 0 else math.inf)
-            if len(self.increases) <= self.max_printed:
+
+    def _rose(
+        self, trainer: Trainer, pl_module: LightningModule, k: int, prev: float, J: float, lr: float
+    ) -> None:
+        epoch = trainer.current_epoch
+        msg = (
+            f"epoch {epoch}: training J rose from {prev:.6g} to {J:.6g} with learning rate {lr:g}; "
+            f"the learning rate may be too large"
+        )
+        increases = self.member_increases[k]
+        increases.append(msg)
+        self.largest_rises[k] = max(self.largest_rises[k], (J - prev) / prev if prev > 0 else math.inf)
+        if pl_module.n_members == 1:
+            if len(increases) <= self.max_printed:
                 rank_zero_only(log.warning)(msg)
-            elif len(self.increases) == self.max_printed + 1:
+            elif len(increases) == self.max_printed + 1:
                 rank_zero_only(log.warning)(
                     f"epoch {epoch}: training J rose again; further rises are not printed: the summary "
                     "counts them and TensorBoard logs each one (diagnostics/J_rose)"
                 )
-            if isinstance(trainer.logger, TensorBoardLogger):
-                trainer.logger.experiment.add_text("diagnostics/J_rose", msg, epoch)
-        pl_module.log_epoch({"diagnostics/J_rose": float(prev is not None and J > prev)})
+        events = pl_module.events[k] if k < len(pl_module.events) else None
+        if events is not None:
+            events.text("diagnostics/J_rose", msg, epoch)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, *args) -> None:
         self._check_J(trainer, pl_module)
@@ -111,9 +184,16 @@ class LearningRateDiagnostics(Callback):
         batch = getattr(self, "_last_batch", None)
         if not self.warn_on_saturation or batch is None:
             return
-        x, y = batch[0], batch[1]  # (N, n_in), (N, n_out)
+        x, y = batch[0], batch[1]  # (N, n_in) or (K, N, n_in); (N, n_out) or (K, N, n_out)
         with torch.no_grad():
-            a = pl_module(x)  # (N, n_out)
+            a = pl_module(x)  # (N, n_out) or (K, N, n_out)
+        K = pl_module.n_members
+        for k in range(K):
+            ak = a if K == 1 else a[k]
+            yk = y if y.dim() == 2 else y[k]
+            self._saturation(pl_module, k, ak, yk)
+
+    def _saturation(self, pl_module: LightningModule, k: int, a, y) -> None:
         saturated = float((torch.minimum(a, 1 - a) < SATURATED).float().mean())
         if saturated < SATURATED_SHARE:
             return
@@ -125,24 +205,41 @@ class LearningRateDiagnostics(Callback):
             if accuracy > chance + 0.05:
                 return
             why = f"training accuracy {accuracy:.1%} is at chance ({chance:.1%})"
-        lr = pl_module.epoch_stats.get("lr", float("nan"))
+        lrs = pl_module.epoch_stats.get("lr") or [float("nan")] * pl_module.n_members
+        member = f"member {pl_module.names[k]}: " if pl_module.n_members > 1 else ""
         rank_zero_only(log.warning)(
-            f"the outputs are saturated: {saturated:.0%} of the output sigmoids are within {SATURATED:g} "
-            f"of 0 or 1 and {why}; there f'(z) ~ 0, the gradient vanishes and J stops changing without "
-            f"converging. Lower the learning rate (it was {lr:g}), or use --model.cost cross_entropy"
+            f"{member}the outputs are saturated: {saturated:.0%} of the output sigmoids are within "
+            f"{SATURATED:g} of 0 or 1 and {why}; there f'(z) ~ 0, the gradient vanishes and J stops changing "
+            f"without converging. Lower the learning rate (it was {lrs[k]:g}), or use --model.cost cross_entropy"
         )
 
     def state_dict(self) -> dict:
-        return {"previous_J": self.previous_J, "increases": self.increases, "largest_rise": self.largest_rise}
+        return _saved([
+            {"previous_J": prev, "increases": list(rises), "largest_rise": largest}
+            for prev, rises, largest in zip(self.previous_Js, self.member_increases, self.largest_rises)
+        ])  # fmt: skip
 
     def load_state_dict(self, state_dict: dict) -> None:
         """A resumed run counts the J rises of the whole run, not only of the resumed part."""
-        increases = state_dict.get("increases", [])
-        if not isinstance(increases, list) or not all(isinstance(m, str) for m in increases):
-            raise ValueError(f"increases must be a list of messages, got {type(increases).__name__}")
-        self.previous_J = _number_or_none(state_dict, "previous_J")
-        self.increases = list(increases)
-        self.largest_rise = _number_or_none({"largest_rise": 0.0, **state_dict}, "largest_rise")
+        states = _member_states(state_dict, len(self.previous_Js))
+        previous, increases, largest = [], [], []
+        for state in states:
+            rises = state.get("increases", [])
+            if not isinstance(rises, list) or not all(isinstance(m, str) for m in rises):
+                raise ValueError(f"increases must be a list of messages, got {type(rises).__name__}")
+            previous.append(_number_or_none(state, "previous_J"))
+            increases.append(list(rises))
+            largest.append(_number_or_none({"largest_rise": 0.0, **state}, "largest_rise"))
+        self.previous_Js, self.member_increases, self.largest_rises = previous, increases, largest
+
+
+@dataclass
+class Convergence:
+    """One member's convergence stop (see :class:`ConvergenceStop`)."""
+
+    threshold: float = 1e-3
+    patience: int = 3
+    enabled: bool = True
 
 
 class ConvergenceStop(Callback):
@@ -152,6 +249,8 @@ class ConvergenceStop(Callback):
         threshold: the change in training J counted as no change (the notes: 1e-3).
         patience: consecutive epochs below the threshold before stopping.
         enabled: ``False`` turns the stop off (train for ``max_epochs``).
+
+    In a sweep each member has its own settings (:meth:`for_members`) and stops alone.
     """
 
     def __init__(self, threshold: float = 1e-3, patience: int = 3, enabled: bool = True) -> None:
@@ -160,34 +259,65 @@ class ConvergenceStop(Callback):
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"patience={patience!r} must be an integer >= 1")
         self.threshold, self.patience, self.enabled = threshold, patience, enabled
-        self.previous_J: float | None = None
-        self.count = 0
-        self.reason: str | None = None
+        self.for_members([Convergence(threshold, patience, enabled)])
+
+    def for_members(self, settings: list[Convergence]) -> ConvergenceStop:
+        """Each member's own stop (one entry per member)."""
+        self.settings = list(settings)
+        self.previous_Js: list[float | None] = [None] * len(settings)
+        self.counts = [0] * len(settings)
+        self.reasons: list[str | None] = [None] * len(settings)
+        return self
+
+    @property
+    def previous_J(self) -> float | None:
+        return self.previous_Js[0]
+
+    @property
+    def count(self) -> int:
+        return self.counts[0]
+
+    @property
+    def reason(self) -> str | None:
+        """Why the run stopped (its first member, in a sweep); ``None`` if it did not converge."""
+        return self.reasons[0]
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if len(self.settings) != pl_module.n_members:
+            self.for_members([self.settings[0]] * pl_module.n_members)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        J = pl_module.epoch_stats.get("J")
-        if J is None:
+        Js = pl_module.epoch_stats.get("J")
+        if Js is None:
             return
-        prev, self.previous_J = self.previous_J, J
-        if prev is None or not self.enabled:
-            return
-        change = abs(J - prev)
-        self.count = self.count + 1 if change < self.threshold else 0
-        if self.count >= self.patience:
-            self.reason = (
-                f"converged at epoch {trainer.current_epoch}: the change in training J was below "
-                f"{self.threshold:g} for {self.patience} epoch(s) in a row (last: {change:.3g})"
-            )
-            trainer.should_stop = True
+        for k, (J, rule) in enumerate(zip(Js, self.settings)):
+            if pl_module.status[k].stopped:
+                continue
+            prev, self.previous_Js[k] = self.previous_Js[k], J
+            if prev is None or not rule.enabled or not math.isfinite(J):
+                continue
+            change = abs(J - prev)
+            self.counts[k] = self.counts[k] + 1 if change < rule.threshold else 0
+            if self.counts[k] >= rule.patience:
+                self.reasons[k] = (
+                    f"converged at epoch {trainer.current_epoch}: the change in training J was below "
+                    f"{rule.threshold:g} for {rule.patience} epoch(s) in a row (last: {change:.3g})"
+                )
+                pl_module.stop_member(k, "converged", self.reasons[k])
 
     def state_dict(self) -> dict:
-        return {"previous_J": self.previous_J, "count": self.count}
+        return _saved([{"previous_J": p, "count": c} for p, c in zip(self.previous_Js, self.counts)])
 
     def load_state_dict(self, state_dict: dict) -> None:
-        count = state_dict.get("count")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"count must be an integer >= 0, got {count!r}")
-        self.previous_J, self.count = _number_or_none(state_dict, "previous_J"), count
+        states = _member_states(state_dict, len(self.settings))
+        previous, counts = [], []
+        for state in states:
+            count = state.get("count")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"count must be an integer >= 0, got {count!r}")
+            previous.append(_number_or_none(state, "previous_J"))
+            counts.append(count)
+        self.previous_Js, self.counts = previous, counts
 
 
 def _number_or_none(state: dict, key: str) -> float | None:

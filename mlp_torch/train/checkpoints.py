@@ -349,19 +349,70 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class EpochCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that also rewrites ``last.ckpt`` at the end of every training epoch
     (with ``save_last``), so a kill loses at most the epoch in progress. Lightning 2.6's own
-    ``save_last=True`` writes ``last.ckpt`` only together with a new best."""
+    ``save_last=True`` writes ``last.ckpt`` only together with a new best.
+
+    With :meth:`for_member`, it keeps the checkpoints of one member of a sweep instead: that
+    member's ``val/J`` decides its best, and what it writes is the checkpoint that member's
+    ``fit`` would write (:meth:`mlp_torch.train.module.MLPModule.member_checkpoint`), nothing once
+    the member has stopped."""
+
+    member: int | None = None  # which member (None: the whole run)
+    member_name = ""
+
+    def for_member(self, k: int, name: str) -> EpochCheckpoint:
+        self.member, self.member_name = k, name
+        return self
+
+    @property
+    def state_key(self) -> str:
+        """``fit``'s key, with the member's name in a sweep (each member's state kept apart)."""
+        key = self.fit_state_key
+        return key if self.member is None else f"{key}[{self.member_name}]"
+
+    @property
+    def fit_state_key(self) -> str:
+        return super().state_key
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._phase = "validation"
+        super().on_validation_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._phase = "epoch end"
         super().on_train_epoch_end(trainer, pl_module)
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def _should_skip_saving_checkpoint(self, trainer) -> bool:
+        if super()._should_skip_saving_checkpoint(trainer):
+            return True
+        if self.member is None:
+            return False
+        status = trainer.lightning_module.status[self.member]  # a stopped member's files are final
+        return bool(status.stopped) and not (
+            status.stopped == "converged" and status.epochs == trainer.current_epoch + 1
+        )
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        if self.member is None:
+            super()._save_checkpoint(trainer, filepath)
+            return
+        module = trainer.lightning_module
+        whole = module.checkpoint_dump((trainer.global_step, getattr(self, "_phase", "")))
+        checkpoint = module.member_checkpoint(self.member, whole, {self.fit_state_key: self.state_dict()})
+        trainer.strategy.save_checkpoint(checkpoint, filepath)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+
     def _monitor_candidates(self, trainer) -> dict[str, Tensor]:
         """Lightning's candidates without its ``deepcopy`` of every logged value (about a
-        millisecond per call, more than an epoch of small data): each value is cloned instead."""
-        candidates = {
-            k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in trainer.callback_metrics.items()
-        }
+        millisecond per call, more than an epoch of small data): each value is cloned instead. A
+        member's candidates are its own figures of the epoch."""
+        if self.member is None:
+            metrics = trainer.callback_metrics
+        else:
+            metrics = {k: torch.tensor(v) for k, v in trainer.lightning_module.epoch_log[self.member].items()}
+        candidates = {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in metrics.items()}
         epoch, step = candidates.get("epoch"), candidates.get("step")
         candidates["epoch"] = (
             epoch.int() if isinstance(epoch, Tensor) else torch.tensor(trainer.current_epoch)

@@ -1,8 +1,19 @@
-"""The training system: a LightningModule that trains :class:`SigmoidMLP` by the notes' rules.
+"""The training system: one LightningModule that trains K >= 1 sigmoid MLPs by the notes' rules.
+
+``mlp-torch fit`` trains one member (K = 1); ``mlp-torch sweep`` trains K members at once, one per
+setting of a grid (:meth:`MLPModule.of_members`), and each member follows, update for update, the
+run ``fit`` would train for its setting: its own starting weights (``init``, ``bias_init``,
+``seed``), its own shuffle order, its own ``lr``, ``alpha``, ``l1``, ``l2``, learning-rate schedule
+and convergence stop, its own data split where the data settings differ (same split sizes). What
+members share: layer sizes, batch size, cost, reduction, dtype, the gradient source and the
+cross-check's settings, the optimizer's and the scheduler's class, the epochs.
 
 Manual optimization. Each Lightning training step is one epoch: the data module hands over the
 whole training split (already on the device) and the step runs every update of the epoch in a
 tight loop, so Lightning's per-step overhead and logging are paid once per epoch, not per update.
+The members' parameters are views of one flat tensor, ``(P,)`` for one member (all operations
+2-D, as for a single network) and ``(K, P)`` for K (batched products, per-member settings as
+``(K,)`` tensors), updated by one optimizer step (:class:`mlp_torch.train.loop.FlatParameters`).
 
 The notes' three regimes, chosen by ``batch_size``:
 
@@ -13,20 +24,26 @@ The notes' three regimes, chosen by ``batch_size``:
 * ``1``: stochastic gradient descent, one update per example, reshuffled each epoch.
 * ``b > 1``: mini-batch, one update per ``b`` examples (the last batch may be smaller).
 
-The shuffle order of epoch ``e`` is :func:`mlp_torch.train.loop.epoch_permutation` of ``(seed, e)``, so
-a resumed run sees the order an uninterrupted one would.
+The shuffle order of epoch ``e`` is :func:`mlp_torch.train.loop.epoch_permutation` of ``(seed, e)``,
+so a resumed run sees the order an uninterrupted one would.
 
 Data parallel (``--trainer.strategy ddp``, ``W`` processes): every rank gets the whole split and
-computes only its shard of each update's batch (:mod:`mlp_torch.train.distributed`); the ranks' cost
-gradients are summed by one ``all_reduce`` per update and the penalties' gradient is added once
-after it, so the update is the one-process update of the same global batch (``batch_size`` is
-the global batch). The epoch's metrics are reduced over the ranks; a cross-check compares each
-rank's two gradients of its shard and logs the largest error over the ranks.
+computes only its shard of each update's batch, for every member (:mod:`mlp_torch.train.distributed`);
+the ranks' cost gradients are summed by one ``all_reduce`` per update for all members and the
+penalties' gradient is added once after it, so the update is the one-process update of the same
+global batch (``batch_size`` is the global batch). The epoch's metrics are reduced over the ranks;
+a cross-check compares each rank's two gradients of its shard and logs the largest error over the
+ranks.
 
 What is logged as ``train/J`` (and ``train/cost``, ``train/l1``, ``train/l2``): each example's
 cost at the weights it was used with, reduced over the whole training split as ``reduction``
 says, plus the penalties averaged over the epoch's updates. For batch gradient descent it is
 exactly ``J`` before the epoch's update.
+
+A member stops as its ``fit`` would: at its convergence stop (it is frozen: no more steps), or
+when its J becomes non-finite (``fit`` ends with an error; a member of a sweep is frozen at its
+weights from before that epoch and reported, and the others train on). Training ends when every
+member has stopped, or at ``max_epochs``.
 """
 
 from __future__ import annotations
@@ -34,71 +51,68 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
-from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from mlp_torch.data import DTYPES, from_unit_range
 from mlp_torch.model.backprop import check_objective_args, output_terms
-from mlp_torch.model.costs import COSTS, l1_grad, l1_penalty, l2_penalty
-from mlp_torch.model.fused import fused_backprop
 from mlp_torch.model.gradcheck import TOLERANCES, relative_error
-from mlp_torch.model.network import SigmoidMLP, feedforward
-from mlp_torch.model.optim import Momentum
+from mlp_torch.model.network import SigmoidMLP, StackedMLP, feedforward
+from mlp_torch.model.optim import GradientDescent, HeavyBall, Momentum
+from mlp_torch.train import loop
 from mlp_torch.train.distributed import max_over_ranks, shard, sum_over_ranks, update_shards
-from mlp_torch.train.loop import epoch_permutation
+from mlp_torch.train.events import RunEvents
 from mlp_torch.train.threads import choose_num_threads, largest_product, use_threads
 
-__all__ = ["CrossCheckError", "MLPModule"]
+__all__ = ["CrossCheckError", "MLPModule", "MemberStatus", "default_optimizer"]
 
-HISTOGRAM_BINS = 30  # bins of the weight and gradient histograms
 NEAR_ZERO = 1e-3  # |w| below this counts as "near zero" in the sparsity/ fractions (L1's effect)
 # The defaults were chosen by 5-fold cross-validation on the non-test examples (see the README):
 DEFAULT_LR, DEFAULT_ALPHA = 3.0, 0.9  # Momentum's settings when no optimizer is given
 DEFAULT_L2 = 1e-4  # weight decay gamma; with lr 3, +0.56 points of held-out accuracy over l2=0, lr 2
+
+# What the members of one module share, as hyper-parameters (the others may differ per member).
+SHARED = ("n_inputs", "hidden_sizes", "n_outputs", "task", "cost", "reduction", "batch_size", "chunk_size",
+          "grad_source", "crosscheck_every_n_steps", "crosscheck_action", "crosscheck_tolerance", "dtype",
+          "histograms_every_n_epochs", "num_threads")  # fmt: skip
+PER_MEMBER_RATES = (GradientDescent, Momentum, HeavyBall)  # take (K,) tensors of lr and alpha
 
 
 class CrossCheckError(RuntimeError):
     """Hand-written and autograd gradients disagree beyond the tolerance during training."""
 
 
-def _views(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
-    """Views of ``flat`` shaped like each of ``like``, laid end to end."""
-    views, offset = [], 0
-    for t in like:
-        views.append(flat[offset : offset + t.numel()].view(t.shape))
-        offset += t.numel()
-    return views
+@dataclass
+class MemberStatus:
+    """Where a member stands: its epochs, why it stopped, its best epoch (lowest ``val/J``)."""
+
+    epochs: int = 0  # epochs trained
+    stopped: str = ""  # "" while training; then "converged", "diverged" or "max_epochs"
+    why: str = ""  # a sentence saying why it stopped
+    best_epoch: int = -1  # the epoch of the lowest val/J (-1: never validated)
+    best: dict[str, float] = field(default_factory=dict)  # val/J and the val metric at best_epoch
+    last: dict[str, float] = field(default_factory=dict)  # the last epoch's train/ and val/ figures
+
+
+def default_optimizer(params) -> torch.optim.Optimizer:
+    """What trains when no optimizer is given: the notes' ``Momentum(lr=3, alpha=0.9)``."""
+    return Momentum(params, lr=DEFAULT_LR, alpha=DEFAULT_ALPHA)
 
 
 def _unhooked(opt: torch.optim.Optimizer) -> bool:
-    """``opt`` has :meth:`mlp_torch.optim._NotesOptimizer.update` and no step hook to run."""
+    """``opt`` has :meth:`mlp_torch.model.optim._NotesOptimizer.update` and no step hook to run."""
     hooks = (_global_optimizer_pre_hooks, _global_optimizer_post_hooks)
     own = (opt._optimizer_step_pre_hooks, opt._optimizer_step_post_hooks)
     return hasattr(opt, "update") and not any(hooks) and not any(own)
-
-
-def _add_histogram(writer, tag: str, t: Tensor, step: int, bins: int = HISTOGRAM_BINS) -> None:
-    """``t``'s histogram in ``bins`` equal bins from its min to its max, counted by torch and
-    written as is (``SummaryWriter.add_histogram`` takes milliseconds per tensor: numpy, and a
-    thousand exponential bins); nothing for a tensor with inf or NaN, which TensorBoard rejects."""
-    t = t.detach().flatten().double()  # (n,)
-    stats = torch.stack([t.min(), t.max(), t.sum(), t.dot(t)]).tolist() if t.numel() else []
-    if not stats or not all(map(math.isfinite, stats)):
-        return
-    low, high, total, squares = stats
-    if high == low:  # one value: one bin around it
-        low, high, bins = low - 0.5, high + 0.5, 1
-    counts = torch.histc(t, bins, min=low, max=high)  # (bins,)
-    limits = torch.linspace(low, high, bins + 1, dtype=torch.float64)[1:]  # (bins,): each bin's right edge
-    writer.add_histogram_raw(tag, low, high, t.numel(), total, squares, limits, counts, global_step=step)
 
 
 def _positive_int(name: str, value, allow_zero: bool = False) -> None:
@@ -107,8 +121,60 @@ def _positive_int(name: str, value, allow_zero: bool = False) -> None:
         raise ValueError(f"{name}={value!r} must be an integer >= {low}")
 
 
+class _MemberRate(torch.optim.Optimizer):
+    """A stand-in optimizer holding one member's settings and no parameter of its own, for that
+    member's learning-rate scheduler to step (a scheduler of ``torch.optim.lr_scheduler`` needs an
+    optimizer, and each member has its own schedule); the module copies the scheduled ``lr``
+    into the real optimizer once per epoch."""
+
+    def __init__(self, settings: dict) -> None:
+        super().__init__([torch.zeros(())], dict(settings))
+
+    def step(self, closure=None) -> None:
+        return None
+
+
+def _shared(modules: Sequence[MLPModule], names: Sequence[str], key: str):
+    values = [m.hparams[key] for m in modules]
+    for name, value in zip(names[1:], values[1:]):
+        if value != values[0]:
+            raise ValueError(
+                f"model.{key} is {values[0]!r} in member {names[0]} but {value!r} in member {name}: "
+                "the members of a sweep must share it (sweep over it in separate sweeps)"
+            )
+    return values[0]
+
+
+def members_optimizer(factories: Sequence, flat: Tensor, names: Sequence[str]) -> torch.optim.Optimizer:
+    """One optimizer of ``flat`` ``(K, P)`` that steps member ``k`` as ``factories[k]`` would:
+    the class they share, their settings as ``(K,)`` tensors where they differ (``lr`` and
+    ``alpha`` of :data:`PER_MEMBER_RATES`; any optimizer when they all agree)."""
+    dummy = [torch.nn.Parameter(torch.zeros(1))]
+    built = [factory(dummy) for factory in factories]
+    cls = type(built[0])
+    for name, opt in zip(names, built):
+        if type(opt) is not cls:
+            raise ValueError(
+                f"member {name} uses {type(opt).__name__}, member {names[0]} {cls.__name__}: the members "
+                "of a sweep must share the optimizer's class"
+            )
+    differ = {k: [opt.defaults[k] for opt in built] for k in built[0].defaults}
+    differ = {k: v for k, v in differ.items() if any(x != v[0] for x in v)}
+    if differ and (cls not in PER_MEMBER_RATES or not set(differ) <= {"lr", "alpha"}):
+        raise ValueError(
+            f"the members' {cls.__name__} settings differ in {sorted(differ)}: a sweep varies only lr and "
+            f"alpha of {', '.join(c.__name__ for c in PER_MEMBER_RATES)} (mlp_torch.optim)"
+        )
+    if not differ:
+        return factories[0]([flat])
+    settings = {k: v for k, v in built[0].defaults.items() if k not in differ}
+    settings.update({k: torch.tensor(v, dtype=flat.dtype, device=flat.device) for k, v in differ.items()})
+    return cls([flat], **settings)
+
+
 class MLPModule(L.LightningModule):
-    """Train a sigmoid MLP with hand-written backprop (or autograd), cross-checked as it runs.
+    """Train a sigmoid MLP with hand-written backprop (or autograd), cross-checked as it runs;
+    or K of them at once, one per setting (:meth:`of_members`, as ``mlp-torch sweep`` does).
 
     Args:
         hidden_sizes: hidden layer widths; the network is ``[n_inputs, *hidden_sizes, n_outputs]``.
@@ -204,149 +270,157 @@ class MLPModule(L.LightningModule):
         self.automatic_optimization = False
         self.net = SigmoidMLP([n_inputs, *hidden_sizes, n_outputs], init=init, bias_init=bias_init, seed=seed)
         self.net.to(DTYPES[dtype])
-        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
-        self.objective_kw = dict(cost=cost, l1=l1, l2=l2)  # plain attributes: read per update
-        self.chunk_size = chunk_size
         self.crosscheck_tolerance = crosscheck_tolerance or TOLERANCES[DTYPES[dtype]]["manual_vs_autograd"]
-        self.epoch_stats: dict[str, float] = {}  # the last epoch's J etc., read by the callbacks
+        # One member: this network, these settings. of_members() makes them K; these are lists of K.
+        self.names = [""]  # each member's name ("" for fit's one member)
+        self.member_hparams = [dict(self.hparams)]  # each member's hyper-parameters
+        self.optimizer_factories, self.scheduler_factories = [optimizer], [lr_scheduler]
+        self.records: list[dict[str, dict]] = [{}]  # settings each member's checkpoints carry (the CLI's)
+        self.member_folders: list[Path | None] = [None]  # None: the logger's run folder
+        self.status = [MemberStatus()]
+        self.epoch_stats: dict[str, object] = {}  # the last epoch's J etc. per member, read by the callbacks
+        self.member_schedulers: list = []
+        self.events: list[RunEvents | None] = []
+
+    @classmethod
+    def of_members(cls, modules: Sequence[MLPModule], names: Sequence[str]) -> MLPModule:
+        """One module training ``modules`` at once, member ``k`` exactly as ``modules[k]`` alone
+        (its starting network, hyper-parameters, optimizer and scheduler); ``names`` are the
+        members' names (their run folders). One module is returned as it is (K = 1)."""
+        if not modules or len(modules) != len(names):
+            raise ValueError(f"{len(modules)} modules but {len(names)} names: give one name per member")
+        if len(set(names)) != len(names):
+            raise ValueError(f"member names must differ, got {list(names)}")
+        first = modules[0]
+        for key in SHARED:
+            _shared(modules, names, key)
+        schedules = [m.scheduler_factory is not None for m in modules]
+        if any(schedules) and not all(schedules):
+            raise ValueError("some members have an lr_scheduler and some not: give all of them one, or none")
+        if len(modules) > 1:
+            first.net = StackedMLP([m.net for m in modules])
+        first.names = list(names)
+        first.member_hparams = [dict(m.hparams) for m in modules]
+        first.optimizer_factories = [m.optimizer_factory for m in modules]
+        first.scheduler_factories = [m.scheduler_factory for m in modules]
+        first.records = [m.records[0] for m in modules]
+        first.member_folders = [None] * len(modules)
+        first.status = [MemberStatus() for _ in modules]
+        return first
+
+    @property
+    def n_members(self) -> int:
+        """K, the number of networks this module trains at once."""
+        return len(self.names)
+
+    @property
+    def optimizer_factory(self):
+        """Member 0's ``params -> Optimizer`` (``None``: :func:`default_optimizer`)."""
+        return self.optimizer_factories[0]
+
+    @property
+    def scheduler_factory(self):
+        """Member 0's ``optimizer -> LRScheduler``, or ``None``."""
+        return self.scheduler_factories[0]
+
+    def _per_member(self, key: str) -> float | Tensor:
+        """A hyper-parameter's value: one number if all members share it, else a ``(K,)`` tensor
+        on the network's device."""
+        values = [float(hp[key]) for hp in self.member_hparams]
+        if all(v == values[0] for v in values):
+            return values[0]
+        return torch.tensor(values, dtype=DTYPES[self.hparams.dtype], device=self.net.weights[0].device)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``y_hat``, ``(n, n_outputs)``, in the sigmoid's range."""
+        """``y_hat``, ``(n, n_outputs)`` (``(K, n, n_outputs)`` for K members), in the sigmoid's range."""
         return self.net(x)
 
     # ---- training -------------------------------------------------------------------------
     #
-    # The lean loop. The network's parameters are views of one flat tensor ``self.flat``, laid out
-    # ``[W_1, ..., W_L, b_1, ..., b_L]``, and the optimizer updates that one tensor (every rule of
-    # mlp_torch.optim is elementwise, so this is the update of each parameter); the gradient is
-    # written into ``self.flat_grad``, laid out alike. Per update the loop only computes: the
-    # penalties' sums at the weights used (one op each, when on), the batch's gradient, the step.
-    # Each example's ``z_L`` is kept, so its cost at the weights it was used with (train/J) is
-    # computed once per epoch; nothing is read back to the host before the epoch ends.
+    # The lean loop. The members' parameters are views of one flat tensor ``self.flat``, and the
+    # optimizer updates that one tensor; the gradient is written into ``self.flat_grad``, laid out
+    # alike (see loop.FlatParameters). Per update the loop only computes: the penalties' sums at the
+    # weights used (one op each, when on), the batch's gradient, the step. Each example's ``z_L``
+    # is kept, so its cost at the weights it was used with (train/J) is computed once per epoch;
+    # nothing is read back to the host before the epoch ends.
 
-    def _flat_order(self) -> dict[str, Tensor]:
-        """The parameters by name in ``self.flat``'s order: all weights, then all biases."""
-        layers = list(enumerate(self.net.layers))
-        return {f"layers.{i}.{k}": getattr(layer, k) for k in ("weight", "bias") for i, layer in layers}
+    def parameter_names(self) -> list[str]:
+        """Each member's parameters by their :class:`SigmoidMLP` names, in ``self.flat``'s order:
+        all weights, then all biases."""
+        L_ = len(self.net.weights)
+        return [f"layers.{i}.{kind}" for kind in ("weight", "bias") for i in range(L_)]
 
     def _flatten_parameters(self) -> None:
         """Make the parameters views of ``self.flat`` (kept if they already are; redone, same
         values, after they were moved or cast) and lay out ``self.flat_grad`` alike."""
-        params = list(self._flat_order().values())
+        params = [*self.net.weights, *self.net.biases]
         flat = getattr(self, "flat", None)
-        if flat is not None and [p.data_ptr() for p in params] == self._flat_pointers:
+        if flat is not None and self._params.current(params):
             return
-        data = torch.cat([p.detach().reshape(-1) for p in params])  # (P,)
-        if flat is None:
-            self.flat = data
-        else:
-            flat.data = data  # the optimizer holds this tensor: keep it
-        for p, view in zip(params, _views(self.flat, params)):
-            p.data = view
-        self.flat_grad = torch.zeros_like(self.flat)  # (P,)
-        self.grads = _views(self.flat_grad, params)  # [dJ/dW_1, ..., dJ/dW_L, dJ/db_1, ..., dJ/db_L]
-        self.weights, self.biases = self.net.weights, self.net.biases  # the same tensors, listed once
-        self._flat_pointers = [p.data_ptr() for p in params]  # where each view starts
-        self.n_weights = sum(W.numel() for W in self.weights)
-        self.flat_weights = self.flat[: self.n_weights]  # (P_w,): all weights, ...
-        self.flat_weight_grads = self.flat_grad[: self.n_weights]  # (P_w,): ... and their gradients
+        self._params = loop.FlatParameters(params, self.n_members, flat)  # the optimizer holds flat: kept
+        self.flat, self.flat_grad, self.grads = self._params.flat, self._params.grad, self._params.grads
+        self.weights, self.biases = self._params.weights, self._params.biases
 
-    def batch_gradient(
-        self, x: Tensor, y: Tensor, scale: float, source: str, out: Tensor, z_out: Tensor | None = None
-    ) -> None:
+    def batch_gradient(self, x: Tensor, y: Tensor, scale: float, source: str, out: Tensor,
+                       z_out: Tensor | None = None) -> None:  # fmt: skip
         """Write ``dJ/dp`` of the batch ``(x, y)``, each example's cost weighted by ``scale`` and
         the penalties added once, into ``out`` (laid out as ``self.flat``); the batch is fed in
-        chunks of ``chunk_size`` if set. ``z_out`` ``(n, n_out)``: where to keep each example's
-        ``z_L``. ``source``: ``"manual"`` (hand-written, :func:`mlp_torch.fused.fused_backprop`)
+        chunks of ``chunk_size`` if set. ``z_out`` ``(..., n, n_out)``: where to keep each example's
+        ``z_L``. ``source``: ``"manual"`` (hand-written, :func:`mlp_torch.model.fused.fused_backprop`)
         or ``"autograd"``. Call it under ``torch.no_grad()``."""
-        self._chunked_data_gradient(x, y, scale, source, out, z_out)
-        self._add_penalty_gradient(out, source)
+        grads = self.grads if out is self.flat_grad else loop._views(out, self._params.shapes)
+        loop.data_gradient(self.weights, self.biases, x, y, grads, cost=self.hparams.cost, scale=scale,
+                           source=source, z_out=z_out, chunk=self.hparams.chunk_size)  # fmt: skip
+        self._penalty_gradient(out, source)
 
-    def _chunked_data_gradient(
-        self, x: Tensor, y: Tensor, scale: float, source: str, out: Tensor, z_out: Tensor | None
-    ) -> None:
-        """The gradient of ``scale * sum_i C_i`` over the batch into ``out``, in chunks of
-        ``chunk_size`` if set."""
-        grads = self.grads if out is self.flat_grad else _views(out, self.grads)
-        n, chunk = x.shape[0], self.chunk_size
-        if chunk is None or chunk >= n:  # (also an empty shard: zero gradients)
-            self._data_gradient(x, y, scale, source, grads, z_out)
-            return
-        part = _views(torch.empty_like(out), self.grads)
-        for start in range(0, n, chunk):
-            rows = slice(start, start + chunk)
-            z = None if z_out is None else z_out[rows]
-            self._data_gradient(x[rows], y[rows], scale, source, part if start else grads, z)
-            if start:
-                torch._foreach_add_(grads, part)  # sum the chunks' gradients
+    def _penalty_gradient(self, out: Tensor, source: str) -> None:
+        """Add the penalties' gradient to the weights' part of ``out`` (laid out as ``self.flat``)."""
+        g = self._params.g if out is self.flat_grad else out[..., : self._params.n_weights]
+        loop.add_penalty_gradient(self._params.w, g, self.l1, self.l2, source)
 
-    def _data_gradient(self, x, y, scale, source, grads: list[Tensor], z_out: Tensor | None) -> None:
-        """The gradient of ``scale * sum_i C_i`` into ``grads`` (ordered as ``self.grads``)."""
-        weights, biases, cost = self.weights, self.biases, self.objective_kw["cost"]
-        L = len(weights)
-        if source == "manual":
-            fused_backprop(weights, biases, x, y, grads[:L], grads[L:], cost=cost, scale=scale, z_out=z_out)
-            return
-        with torch.enable_grad():
-            zs, activations = feedforward(weights, biases, x)
-            data = scale * COSTS[cost].fn(zs[-1], activations[-1], y).sum()
-            torch._foreach_copy_(grads, torch.autograd.grad(data, [*weights, *biases]))
-        if z_out is not None:
-            z_out.copy_(zs[-1])
-
-    def _add_penalty_gradient(self, out: Tensor, source: str) -> None:
-        """Add the penalties' gradient to the weights' part of ``out``, once for all layers."""
-        l1, l2 = self.objective_kw["l1"], self.objective_kw["l2"]
-        if not (l1 or l2):
-            return
-        w = self.flat_weights  # (P_w,): all weights
-        g = self.flat_weight_grads if out is self.flat_grad else out[: self.n_weights]  # (P_w,): their grads
-        if source == "manual":
-            if l1:
-                g.add_(l1_grad(w, l1))
-            if l2:
-                g.add_(w, alpha=2 * l2)  # + l2_grad(w) = 2 l2 w, in one op
-            return
-        weights = [w.detach().view(1, -1).requires_grad_()]  # all weights as one (1, P_w) matrix
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(l1_penalty(weights, l1) + l2_penalty(weights, l2), weights)
-        g.add_(grad.view(-1))
-
-    def _crosscheck(self, x: Tensor, y: Tensor, scale: float, step: int) -> float:
+    def _crosscheck(self, x: Tensor, y: Tensor, scale: float, step: int) -> list[float]:
         """Compare the data gradient just computed (``self.flat_grad``, this rank's share of the
-        batch) plus the penalties' with the other source's gradient of the same examples; the
-        largest per-parameter relative error, the maximum over the ranks."""
+        batch) plus the penalties' with the other source's gradient of the same examples; each
+        member's largest per-parameter relative error, the maximum over the ranks."""
         source = self.hparams.grad_source
         mine, other = self.flat_grad.clone(), torch.empty_like(self.flat_grad)
-        self._add_penalty_gradient(mine, source)
+        self._penalty_gradient(mine, source)
         self.batch_gradient(x, y, scale, "autograd" if source == "manual" else "manual", other)
         manual, auto = (mine, other) if source == "manual" else (other, mine)
-        pairs = zip(_views(manual, self.grads), _views(auto, self.grads))
-        errors = [relative_error(m, a) for m, a in pairs]
-        errors = max_over_ranks(torch.tensor(errors, dtype=torch.float64, device=mine.device))  # (n_params,)
-        names = list(self._flat_order())
-        worst = float(errors.max())
-        name = names[int(errors.argmax())]
-        if not worst <= self.crosscheck_tolerance:
-            msg = (
-                f"hand-written and autograd gradients disagree at update {step}: parameter "
-                f"{name} has relative error {worst:.3g} > tolerance {self.crosscheck_tolerance:g}"
-            )
-            if self.hparams.crosscheck_action == "error":
-                raise CrossCheckError(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-        return worst
+        K, names = self.n_members, self.parameter_names()
+        rows = [(manual, auto)] if K == 1 else [(manual[k], auto[k]) for k in range(K)]
+        shapes = [g.shape[1:] if K > 1 else g.shape for g in self.grads]
+        errors = torch.tensor(
+            [[relative_error(m, a) for m, a in zip(loop._views(mk, shapes), loop._views(ak, shapes))]
+             for mk, ak in rows], dtype=torch.float64, device=mine.device,
+        )  # (K, n_params)  # fmt: skip
+        errors = max_over_ranks(errors)
+        worst, where = errors.max(dim=1)
+        for k, (error, i) in enumerate(zip(worst.tolist(), where.tolist())):
+            if not error <= self.crosscheck_tolerance:
+                member = f"member {self.names[k]}: " if K > 1 else ""
+                msg = (
+                    f"{member}hand-written and autograd gradients disagree at update {step}: parameter "
+                    f"{names[i]} has relative error {error:.3g} > tolerance {self.crosscheck_tolerance:g}"
+                )
+                if self.hparams.crosscheck_action == "error":
+                    raise CrossCheckError(msg)
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        return worst.tolist()
 
     def _set_threads(self, rows: int) -> None:
-        """Intra-op threads by :func:`mlp_torch.threads.choose_num_threads` (or ``num_threads``),
-        the machine's cores shared among its DDP processes on the CPU; logged once."""
+        """Intra-op threads by :func:`mlp_torch.train.threads.choose_num_threads` for all the
+        members' work (or ``num_threads``), the machine's cores shared among its DDP processes on
+        the CPU; logged once."""
         decided = getattr(self, "_threads_decided", None)  # (rows, threads) of the last epoch
         if decided is not None and decided[0] == rows and decided[1] == torch.get_num_threads():
             return  # every epoch after the first: nothing to choose, set or log
-        threads = self.hparams.num_threads or choose_num_threads(self.net.sizes, rows)
+        K, sizes = self.n_members, self.net.sizes
+        threads = self.hparams.num_threads or choose_num_threads(sizes, rows, members=K)
         if not self.hparams.num_threads and self.flat.device.type == "cpu" and self.trainer.num_devices > 1:
             threads = max(1, threads // self.trainer.num_devices)  # the processes on this machine
-        line = use_threads(threads, largest_product(self.net.sizes, rows), bool(self.hparams.num_threads))
+        whose = " for all members" if K > 1 else ""
+        line = use_threads(threads, largest_product(sizes, rows, K), bool(self.hparams.num_threads), whose)
         self._threads_decided = (rows, threads)
         if getattr(self, "_threads_logged", None) != threads:
             self._threads_logged = threads
@@ -377,17 +451,19 @@ class MLPModule(L.LightningModule):
         self, n: int, size: int, device
     ) -> tuple[Tensor | None, list[slice], list[int], Tensor]:
         """This rank's part of the epoch: the training examples its updates use, in use order
-        ``(n_local,)`` (``None``: all ``n`` in stored order), the rows of each update in them, and
-        each update's global batch size (a list and a ``(K,)`` tensor)."""
-        hp = self.hparams
+        (``None``: all ``n`` in stored order; ``(n_local,)`` when all members share one order,
+        else ``(K, n_local)``), the rows of each update in them, and each update's global batch
+        size (a list and a ``(U,)`` tensor)."""
         rank, world = self._rank_and_world()
-        order = None if hp.batch_size == "full" else epoch_permutation(n, hp.seed, self.current_epoch)  # (n,)
+        full = self.hparams.batch_size == "full"
+        seeds = [hp["seed"] for hp in self.member_hparams]
+        order = None if full else loop.epoch_orders(n, seeds, self.current_epoch)  # (n,) or (K, n)
         shards = update_shards(n, size, rank, world)  # positions in the epoch's order
         sizes = [min(size, n - start) for start in range(0, n, size)]
-        counts = torch.tensor(sizes, device=device)  # (K,): each update's global batch size
+        counts = torch.tensor(sizes, device=device)  # (U,): each update's global batch size
         if world > 1:
             positions = torch.cat([torch.arange(s.start, s.stop) for s in shards])  # (n_local,)
-            order = positions if order is None else order[positions]
+            order = positions if order is None else order[..., positions]
         rows, start = [], 0
         for s in shards:
             rows.append(slice(start, start + s.stop - s.start))
@@ -412,18 +488,18 @@ class MLPModule(L.LightningModule):
                 first = k
         return [*chunks, range(first, len(rows))]
 
-    def _to_device(self, x: Tensor, y: Tensor, index: Tensor | None, y_out: Tensor) -> tuple[Tensor, Tensor]:
-        """Examples ``index`` of the host-held split ``(x, y)`` on the device (streamed
-        training); ``y`` is also kept in ``y_out`` for the epoch's ``J``."""
-        index = index.cpu()  # (m,)
-        xc = x[index].to(self.flat.device, non_blocking=True)  # (m, n_in)
-        y_out.copy_(y[index], non_blocking=True)  # (m, n_out)
+    def _to_device(self, x: Tensor, y: Tensor, index: Tensor, y_out: Tensor) -> tuple[Tensor, Tensor]:
+        """Examples ``index`` of the host-held split ``(x, y)`` on the device (streamed training);
+        ``y`` is also kept in ``y_out`` for the epoch's ``J``."""
+        index = index.cpu()  # (m,) or (K, m)
+        xc = loop.gather(x, index).to(self.flat.device, non_blocking=True)  # (..., m, n_in)
+        y_out.copy_(loop.gather(y, index), non_blocking=True)  # (..., m, n_out)
         return xc, y_out
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch  # the whole training split: (N, n_in), (N, n_out)
-        hp = self.hparams
-        n = x.shape[0]
+        x, y = batch  # the training split: (N, n_in) shared by all members, or (K, N, n_in) one each
+        hp, K = self.hparams, self.n_members
+        n = x.shape[-2]
         size = n if hp.batch_size == "full" else min(hp.batch_size, n)
         self._flatten_parameters()
         device = self.flat.device  # the data is on the host when streamed
@@ -433,105 +509,103 @@ class MLPModule(L.LightningModule):
         if streamed and index is None:
             index = torch.arange(n, device=device)  # (n,)
         if index is not None and not streamed:
-            x, y = x[index], y[index]  # (n_local, n_in), (n_local, n_out): this rank's examples in use order
-        self.epoch_examples = torch.arange(n, device=device) if index is None else index  # (n_local,)
+            x, y = loop.gather(x, index), loop.gather(y, index)  # this rank's examples in use order
+        self.epoch_examples = torch.arange(n, device=device) if index is None else index  # (..., n_local)
         self._set_threads(min(max(r.stop - r.start for r in rows), hp.chunk_size or size))
         self.flat.grad = self.flat_grad
+        if K > 1:
+            self._epoch_start = self.flat.detach().clone()  # (K, P): where a diverging member returns
         n_local = rows[-1].stop
-        y_local = (
-            y if len(chunks) == 1 else y.new_empty((n_local, y.shape[1]), device=device)
-        )  # (n_local, n_out)
-        z_out = torch.empty_like(
-            y_local
-        )  # (n_local, n_out): each example's z_L at the weights it was used with
-        sums = self.flat.new_zeros(2, len(rows))  # (2, K): sum |w| and sum w^2 at each update's weights
-        l1, l2 = hp.l1, hp.l2
-        l1_at, l2_at = (row.unbind() if on else None for row, on in zip(sums.unbind(0), (l1, l2)))
-        w = self.flat_weights  # (P_w,): all weights
+        lead = () if K == 1 else (K,)
+        y_shape = (*lead, n_local, y.shape[-1]) if index is not None and index.dim() == 2 else (
+            *y.shape[:-2], n_local, y.shape[-1])  # fmt: skip
+        y_local = y if len(chunks) == 1 else y.new_empty(y_shape, device=device)
+        z_out = y.new_empty((*lead, n_local, y.shape[-1]), device=device)  # each example's z_L where used
+        sums = self.flat.new_zeros(2, *lead, len(rows))  # sum |w| and sum w^2 at each update's weights
+        l1_at, l2_at = (sums[i].unbind(-1) if on else [None] * len(rows)
+                        for i, on in enumerate((loop._on(self.l1), loop._on(self.l2))))  # fmt: skip
         opt = self.optimizers(use_pl_optimizer=False)
         step = opt.update if _unhooked(opt) else opt.step
         mean, source, every = hp.reduction == "mean", hp.grad_source, hp.crosscheck_every_n_steps
         first, distributed = self.global_step, self._rank_and_world()[1] > 1
-        self.crosscheck_errors: list[float] = []
+        mask = self._frozen_mask if self._masked else None  # (K, 1): frozen members take no step
+        self.crosscheck_errors: list[list[float]] = []
+        w = self._params.w
         with torch.no_grad():
             for updates in chunks:  # one chunk (all of this rank's examples) unless streamed
                 lo, hi = rows[updates.start].start, rows[updates.stop - 1].stop
-                xc, yc = self._to_device(x, y, index[lo:hi], y_local[lo:hi]) if streamed else (x, y)
+                if streamed:
+                    xc, yc = self._to_device(x, y, index[..., lo:hi], y_local[..., lo:hi, :])
+                else:
+                    xc, yc = x, y
                 lengths = [rows[k].stop - rows[k].start for k in updates]
-                batches = zip(updates, xc.split(lengths), yc.split(lengths), z_out[lo:hi].split(lengths))
+                batches = zip(updates, xc.split(lengths, -2), yc.split(lengths, -2),
+                              z_out[..., lo:hi, :].split(lengths, -2))  # fmt: skip
                 for k, xb, yb, zb in batches:  # update k's examples, targets and z_L
-                    if l1:
-                        torch.linalg.vector_norm(w, 1, out=l1_at[k])
-                    if l2:
-                        torch.dot(w, w, out=l2_at[k])
+                    if l1_at[k] is not None or l2_at[k] is not None:
+                        loop.penalty_sums(w, l1_at[k], l2_at[k])
                     scale = 1.0 / sizes[k] if mean else 1.0  # the GLOBAL batch's scale
-                    self._chunked_data_gradient(xb, yb, scale, source, self.flat_grad, zb)
+                    loop.data_gradient(self.weights, self.biases, xb, yb, self.grads, cost=hp.cost,
+                                       scale=scale, source=source, z_out=zb, chunk=hp.chunk_size)  # fmt: skip
                     if every and (first + k) % every == 0:
                         self.crosscheck_errors.append(self._crosscheck(xb, yb, scale, first + k))
                     if distributed:
-                        sum_over_ranks(self.flat_grad)  # the whole batch's cost gradient
-                    self._add_penalty_gradient(self.flat_grad, source)  # counted once
+                        sum_over_ranks(self.flat_grad)  # the whole batch's cost gradient, all members
+                    loop.add_penalty_gradient(w, self._params.g, self.l1, self.l2, source)  # counted once
+                    if mask is not None:
+                        self.flat_grad.masked_fill_(mask, 0.0)
                     step()
             self._count_updates(len(rows))
-            local = counts.new_tensor([r.stop - r.start for r in rows])  # (K,)
+            local = counts.new_tensor([r.stop - r.start for r in rows])  # (U,)
             which = torch.repeat_interleave(local, output_size=n_local)  # (n_local,): the update of each
-            train, js = self._epoch_objective(z_out, y_local, which, counts, sums)
-        nonfinite = torch.nonzero(~torch.isfinite(js))  # (k, 1): the updates whose J was inf or NaN
+            train, js = loop.epoch_objective(z_out, y_local, which, counts, sums, cost=hp.cost,
+                                             reduction=hp.reduction, l1=self.l1, l2=self.l2)  # fmt: skip
+        nonfinite = ~torch.isfinite(js.reshape(K, -1))  # (K, U): the updates whose J was inf or NaN
+        first_bad = torch.where(nonfinite.any(1), nonfinite.int().argmax(1), -1)  # (K,)
+        lrs = opt.param_groups[0]["lr"]
+        metrics = {f"train/{k}": v for k, v in train.items()}
+        metrics["lr"] = lrs
+        for i, W in enumerate(self.net.weights):
+            metrics[f"sparsity/layer_{i}"] = (W.abs() < NEAR_ZERO).to(W.dtype).mean(dim=(-2, -1))
+        if self.crosscheck_errors:
+            metrics["gradcheck/max_rel_err"] = torch.tensor(self.crosscheck_errors).amax(0)  # (K,)
+        logged = self.log_epoch({**metrics, "_first_nonfinite": first_bad})
         self.epoch_stats = {
-            "J": float(train["J"]),
-            "first_nonfinite_update": int(nonfinite[0]) if len(nonfinite) else -1,
+            "J": [m["train/J"] for m in logged],
+            "first_nonfinite_update": [int(m.pop("_first_nonfinite")) for m in logged],
             "updates": len(rows),
             "chunks": len(chunks) if streamed else 0,  # streamed: the training split's chunks
-            "lr": opt.param_groups[0]["lr"],
+            "lr": [m["lr"] for m in logged],
         }
-        metrics = {f"train/{k}": v for k, v in train.items()}
-        metrics["lr"] = self.epoch_stats["lr"]
-        for i, W in enumerate(self.net.weights):
-            metrics[f"sparsity/layer_{i}"] = (W.abs() < NEAR_ZERO).float().mean()
-        if self.crosscheck_errors:
-            metrics["gradcheck/max_rel_err"] = max(self.crosscheck_errors)
-        self.log_epoch(metrics)
+        self.trainer.callback_metrics.pop("_first_nonfinite", None)
         self._log_histograms()
 
-    def log_epoch(self, metrics: dict[str, Tensor | float]) -> None:
-        """Log epoch-level scalars at step = the epoch (as ``self.log(..., on_epoch=True)`` does
-        for one training step per epoch) to every logger and to ``trainer.callback_metrics``, in
-        one go: ``self.log`` costs about a millisecond per name and call (it moves its whole
-        record of each metric to the device every time), more than an epoch of updates on small
-        data."""
-        tensors = [v.detach() for v in metrics.values() if isinstance(v, Tensor)]
-        values = iter(torch.stack(tensors).tolist() if tensors else [])  # one read from the device
-        scalars = {k: next(values) if isinstance(v, Tensor) else float(v) for k, v in metrics.items()}
-        self.trainer.callback_metrics.update(
-            {k: v.detach() if isinstance(v, Tensor) else torch.tensor(v) for k, v in metrics.items()}
-        )
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                if self.trainer.is_global_zero:  # one event for all names: each one wakes its writer thread
-                    values = [Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
-                    summary = Summary(value=values)
-                    logger.experiment._get_file_writer().add_summary(summary, self.current_epoch)
-            else:
-                logger.log_metrics(scalars, step=self.current_epoch)
-
-    def _epoch_objective(
-        self, z: Tensor, y: Tensor, which: Tensor, counts: Tensor, sums: Tensor
-    ) -> tuple[dict, Tensor]:
-        """The epoch's ``{"J", "cost", "l1", "l2"}`` (see the module docstring) and the ``J`` of
-        each update ``(K,)``, from each of this rank's examples' ``z_L`` ``(n_local, n_out)``, the
-        update each fed ``which`` ``(n_local,)``, the global batch sizes ``counts`` ``(K,)`` and the
-        penalties' sums ``(2, K)``; the costs are summed over the ranks (one all-reduce)."""
-        hp = self.hparams
-        costs = COSTS[hp.cost].fn(z, torch.sigmoid(z), y)  # (n_local,): C_i at the weights i was used with
-        per_update = costs.new_zeros(sums.shape[1]).index_add_(0, which, costs)  # (K,)
-        per_update = sum_over_ranks(per_update)  # (K,): the whole batches' cost sums
-        cost = per_update.sum()
-        if hp.reduction == "mean":
-            cost = cost / counts.sum()
-            per_update = per_update / counts  # (K,)
-        penalties = sums * sums.new_tensor([[hp.l1], [hp.l2]])  # (2, K)
-        l1, l2 = penalties.mean(dim=1)
-        return {"cost": cost, "l1": l1, "l2": l2, "J": cost + l1 + l2}, per_update + penalties.sum(0)
+    def log_epoch(self, metrics: dict[str, Tensor | float | Sequence[float]]) -> list[dict[str, float]]:
+        """Log epoch-level scalars, each one value for all members or one per member (a ``(K,)``
+        tensor or a list), at step = the epoch: into each member's record of the epoch (written
+        to its TensorBoard run when the epoch ends) and, with one member, into
+        ``trainer.callback_metrics`` (as ``self.log(..., on_epoch=True)`` would for one training
+        step per epoch). One read from the device for all: ``self.log`` costs about a millisecond
+        per name and call, more than an epoch of updates on small data. Returns what each member
+        got, ``[{name: value}]``."""
+        K = self.n_members
+        tensors = {k: v for k, v in metrics.items() if isinstance(v, Tensor)}
+        values = {}
+        if tensors:
+            stacked = torch.stack(
+                [v.detach().to(torch.float64).reshape(-1).expand(K) for v in tensors.values()]
+            )
+            values = dict(zip(tensors, stacked.tolist()))  # one read from the device
+        for k, v in metrics.items():
+            if k not in values:
+                values[k] = [float(x) for x in v] if isinstance(v, Sequence) else [float(v)] * K
+        logged = [{k: v[m] for k, v in values.items()} for m in range(K)]
+        if self._trainer is not None:
+            for m, record in enumerate(self.epoch_log if hasattr(self, "epoch_log") else []):
+                record.update({k: v for k, v in logged[m].items() if not k.startswith("_")})
+            if K == 1:
+                self.trainer.callback_metrics.update({k: torch.tensor(v[0]) for k, v in values.items()})
+        return logged
 
     def _count_updates(self, k: int) -> None:
         """Count ``k`` optimizer steps in ``global_step``, as Lightning's optimizer wrapper would
@@ -540,60 +614,198 @@ class MLPModule(L.LightningModule):
         progress.total.increment_by(k)
         progress.current.increment_by(k)
 
-    def on_train_epoch_end(self) -> None:
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
-
     def _log_histograms(self) -> None:
-        """Histograms of weights and gradients (the epoch's last update's), every
+        """Histograms of each member's weights and gradients (the epoch's last update's), every
         ``histograms_every_n_epochs`` epochs (from the first)."""
         every = self.hparams.histograms_every_n_epochs
-        if not (every and self.current_epoch % every == 0 and isinstance(self.logger, TensorBoardLogger)):
+        if not (every and self.current_epoch % every == 0):
             return
-        tb = self.logger.experiment
-        for (name, p), g in zip(self._flat_order().items(), self.grads):
-            for kind, t in (("weights", p.detach()), ("grads", g)):
-                _add_histogram(tb, f"{kind}/{name}", t, self.current_epoch)
+        K = self.n_members
+        for k, events in enumerate(self.events):
+            if events is None or not self._active[k]:
+                continue
+            for name, p, g in zip(self.parameter_names(), [*self.weights, *self.biases], self.grads):
+                for kind, t in (("weights", p), ("grads", g)):
+                    events.histogram(f"{kind}/{name}", t if K == 1 else t[k], self.current_epoch)
+
+    # ---- the members' starts and stops ----------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        self.l1, self.l2 = self._per_member("l1"), self._per_member("l2")
+        K = self.n_members
+        self._active = [not s.stopped for s in self.status]
+        self._masked = False
+        self._frozen_mask = torch.zeros(K, 1, dtype=torch.bool, device=self.flat.device)
+        self.epoch_log = [{} for _ in range(K)]
+        run_folder = self.trainer.log_dir if self.logger is not None else None  # (a collective under DDP)
+        self.events = []
+        if self.trainer.is_global_zero:  # the other processes write nothing
+            for folder in self.member_folders:
+                folder = run_folder if folder is None else folder
+                self.events.append(None if folder is None else RunEvents(folder))
+
+    def on_train_epoch_start(self) -> None:
+        for record in self.epoch_log:  # (read by the checkpoint callbacks after on_train_epoch_end)
+            record.clear()
+
+    def on_train_start(self) -> None:
+        """Each member's schedule starts from its rate as restored (a resumed run), and stopped
+        members (a resumed sweep) stay stopped."""
+        opt = self.optimizers(use_pl_optimizer=False)
+        for k, rate in enumerate(getattr(self, "_rates", [])):
+            lr = opt.param_groups[0]["lr"]
+            rate.param_groups[0]["lr"] = float(lr[k]) if isinstance(lr, Tensor) else float(lr)
+        for k, status in enumerate(self.status):
+            if status.stopped:
+                self._freeze(k, status.stopped)
+
+    def stop_member(self, k: int, stopped: str, why: str) -> None:
+        """Member ``k`` stops training: ``stopped`` is ``"converged"`` (it takes no more steps) or
+        ``"diverged"`` (its weights go back to where the epoch began, then as converged). With one
+        member, training ends."""
+        status = self.status[k]
+        status.stopped, status.why = stopped, why
+        status.epochs = self.current_epoch + (stopped != "diverged")
+        if stopped == "diverged" and self.n_members > 1:
+            with torch.no_grad():
+                self.flat[k] = self._epoch_start[k]
+        self._freeze(k, stopped)
+        if not any(self._active):
+            self.trainer.should_stop = True
+
+    def _freeze(self, k: int, stopped: str) -> None:
+        """Member ``k`` takes no more steps: its optimizer state is zeroed and its rate set to 0
+        (with an optimizer of :data:`PER_MEMBER_RATES`, a step of ``0 * g`` is exactly none while
+        ``g`` is finite); after a divergence, or with any other optimizer, the frozen members'
+        gradients are masked out instead (one more operation per update)."""
+        self._active[k] = False
+        if self.n_members == 1:
+            return
+        opt = self.optimizers(use_pl_optimizer=False)
+        for state in opt.state.values():
+            for t in state.values():
+                if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == self.n_members:
+                    t[k] = 0
+        self._frozen_mask[k] = True
+        if stopped == "diverged" or not isinstance(opt, PER_MEMBER_RATES):
+            self._masked = True  # its gradient may not stay finite: mask from now on
+        else:
+            self._set_rates(opt)
+
+    def _set_rates(self, opt, rates: list[float] | None = None) -> None:
+        """The members' learning rates into ``opt`` (0 for a frozen member): ``rates``, or those
+        already there."""
+        group = opt.param_groups[0]
+        if rates is None:
+            current = group["lr"]
+            rates = current.tolist() if isinstance(current, Tensor) else [current] * self.n_members
+        rates = [r if active else 0.0 for r, active in zip(rates, self._active)]
+        if self.n_members == 1:
+            group["lr"] = rates[0] if self._active[0] else group["lr"]
+        elif all(r == rates[0] for r in rates) and not isinstance(group["lr"], Tensor):
+            group["lr"] = rates[0]
+        else:
+            group["lr"] = torch.tensor(rates, dtype=self.flat.dtype, device=self.flat.device)
+
+    def on_train_epoch_end(self) -> None:
+        """Step each member's schedule, write each member's epoch to its TensorBoard run."""
+        if self.member_schedulers:
+            for rate, scheduler in zip(self._rates, self.member_schedulers):
+                rate.step()  # (its member stepped: the scheduler's check of the order)
+                scheduler.step()
+            self._set_rates(self.optimizers(use_pl_optimizer=False),
+                            [rate.param_groups[0]["lr"] for rate in self._rates])  # fmt: skip
+        for k, (record, status) in enumerate(zip(self.epoch_log, self.status)):
+            trained = not status.stopped or (
+                status.stopped == "converged" and status.epochs == self.current_epoch + 1
+            )
+            if trained:  # a whole epoch (not one a member diverged in)
+                status.epochs = self.current_epoch + 1
+                status.last = {n: v for n, v in record.items() if n.startswith(("train/", "val/"))}
+                events = self.events[k] if k < len(self.events) else None
+                if events is not None and record:
+                    events.add({**record, "epoch": self.current_epoch}, step=self.current_epoch)
+        for events in self.events:
+            if events is not None:
+                events.flush()
+
+    def on_train_end(self) -> None:
+        for events in self.events:
+            if events is not None:
+                events.close()
+        for status in self.status:
+            if not status.stopped:
+                status.stopped, status.why = "max_epochs", f"reached max_epochs={self.trainer.max_epochs}"
+
+    def progress_text(self) -> str | None:
+        """What the progress bar shows of a sweep's epoch (``None`` with one member: the run's
+        own figures): how many members train and have stopped, and the lowest val J so far."""
+        if self.n_members == 1:
+            return None
+        counts: dict[str, int] = {}
+        for status in self.status:
+            counts[status.stopped or "training"] = counts.get(status.stopped or "training", 0) + 1
+        text = f"{self.n_members} members: " + ", ".join(f"{n} {what}" for what, n in counts.items())
+        best = [(s.best["val/J"], name) for s, name in zip(self.status, self.names) if s.best]
+        if best:
+            J, name = min(best)
+            text += f"  lowest val J {J:.6g} ({name})"
+        return text
 
     # ---- evaluation -----------------------------------------------------------------------
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        """``{stage}/J`` and ``{stage}/acc`` (classification) or ``{stage}/mse`` (regression, in the
-        target's units) of a whole split, which the data module serves as one batch; under DDP
-        each rank evaluates its shard (:func:`mlp_torch.distributed.shard`) and the sums are
-        reduced over the ranks, so every rank logs the whole split's values."""
-        x, y = batch
-        n = x.shape[0]
-        scale = 1.0 / n if self.hparams.reduction == "mean" else 1.0
-        rows = shard(n, *self._rank_and_world())
-        x, y = x[rows], y[rows]  # (n_rank, n_in), (n_rank, n_out)
-        zs, activations = feedforward(self.net.weights, self.net.biases, x)
-        y_hat = activations[-1]  # (n_rank, n_out)
-        terms = output_terms(self.net.weights, zs[-1], y_hat, y, scale=scale, **self.objective_kw)
-        if self._rank_and_world()[1] > 1:
-            cost = self.trainer.strategy.reduce(terms["cost"].clone(), reduce_op="sum")
-            terms["J"] = cost + terms["l1"] + terms["l2"]
-        if self.hparams.task == "classification":
+    def evaluate(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """``{"J", "acc"}`` (classification) or ``{"J", "mse"}`` (regression, in the target's
+        units) of every member on one whole split (``()`` for one member, ``(K,)`` for K); under
+        DDP each rank evaluates its shard (:func:`mlp_torch.train.distributed.shard`) and the sums
+        are reduced over the ranks, so every rank gets the whole split's values."""
+        n, hp = x.shape[-2], self.hparams
+        scale = 1.0 / n if hp.reduction == "mean" else 1.0
+        rank, world = self._rank_and_world() if self._trainer is not None else (0, 1)
+        rows = shard(n, rank, world)
+        x, y = x[..., rows, :], y[..., rows, :]  # (..., n_rank, n_in), (..., n_rank, n_out)
+        weights, biases = self.net.weights, self.net.biases
+        zs, activations = feedforward(weights, biases, x)
+        y_hat = activations[-1]  # (..., n_rank, n_out)
+        l1, l2 = getattr(self, "l1", hp.l1), getattr(self, "l2", hp.l2)
+        terms = output_terms(weights, zs[-1], y_hat, y, cost=hp.cost, l1=l1, l2=l2, scale=scale)
+        if hp.task == "classification":
             name, count = "acc", n
-            total = (y_hat.argmax(dim=1) == y.argmax(dim=1)).sum().to(y.dtype)  # right answers
+            total = (y_hat.argmax(-1) == y.argmax(-1)).sum(-1).to(y.dtype)  # right answers
         else:
-            low, high = self.hparams.target_low, self.hparams.target_high
-            error = from_unit_range(y_hat, low, high) - from_unit_range(y, low, high)  # (n_rank, k)
-            name, count, total = "mse", n * y.shape[1], (error * error).sum()
-        if self._rank_and_world()[1] > 1:
-            total = self.trainer.strategy.reduce(total.clone(), reduce_op="sum")
-        metrics = {f"{stage}/J": terms["J"], f"{stage}/{name}": total / count}
-        if stage == "val" and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            self.log_epoch(metrics)  # each epoch of a fit: in one cheap call (ModelCheckpoint reads val/J)
-        else:
-            self.log_dict(metrics, prog_bar=stage == "val")  # validate and test return what is logged
+            low, high = (torch.tensor([m[key] for m in self.member_hparams], dtype=y.dtype, device=y.device)
+                         for key in ("target_low", "target_high"))  # (K, k)  # fmt: skip
+            if self.n_members == 1:
+                low, high = low[0], high[0]
+            else:
+                low, high = low[:, None, :], high[:, None, :]
+            error = from_unit_range(y_hat, low, high) - from_unit_range(y, low, high)  # (..., n_rank, k)
+            name, count, total = "mse", n * y.shape[-1], (error * error).sum(dim=(-2, -1))
+        if world > 1:
+            together = sum_over_ranks(torch.stack([terms["cost"], total]))  # one collective for both
+            terms["J"] = together[0] + terms["l1"] + terms["l2"]
+            total = together[1]
+        return {"J": terms["J"], name: total / count}
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        """Every member's ``val/J`` and accuracy (or MSE); in a fit, a member's lowest ``val/J``
+        so far makes this its best epoch."""
+        figures = {f"val/{k}": v for k, v in self.evaluate(*batch).items()}
+        if self.trainer.state.fn != "fit" or self.trainer.sanity_checking:
+            self.log_dict(figures, prog_bar=True)  # validate returns what is logged
+            return
+        logged = self.log_epoch(figures)
+        for status, values, active in zip(self.status, logged, self._active):
+            J = values["val/J"]
+            if active and math.isfinite(J) and (status.best_epoch < 0 or J < status.best["val/J"]):
+                status.best_epoch, status.best = self.current_epoch, dict(values)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        if self.n_members > 1:
+            raise RuntimeError(
+                "test one member at a time, from its checkpoint (mlp-torch test --ckpt_path ...)"
+            )
+        self.log_dict({f"test/{k}": v for k, v in self.evaluate(*batch).items()})
 
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         """The outputs ``y_hat`` ``(n, k)``: one per class (classification), or the values in the
@@ -603,20 +815,115 @@ class MLPModule(L.LightningModule):
             return y_hat
         return from_unit_range(y_hat, self.hparams.target_low, self.hparams.target_high)
 
-    def configure_optimizers(self):
-        """The optimizer of one tensor, ``self.flat``, of which the parameters are views."""
-        self._flatten_parameters()
-        if self.optimizer_factory is None:
-            optimizer = Momentum([self.flat], lr=DEFAULT_LR, alpha=DEFAULT_ALPHA)
-        else:
-            optimizer = self.optimizer_factory([self.flat])
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+    # ---- optimizer, schedules, checkpoints ------------------------------------------------
 
-    def optimizer_hparams(self) -> dict[str, object]:
-        """The optimizer's class and settings, for the HParams tab."""
+    def configure_optimizers(self):
+        """The optimizer of one tensor, ``self.flat``, of which the parameters are views, and each
+        member's learning-rate schedule (stepped once per epoch by :meth:`on_train_epoch_end`)."""
+        self._flatten_parameters()
+        factories = [f or default_optimizer for f in self.optimizer_factories]
+        if self.n_members == 1:
+            optimizer = factories[0]([self.flat])
+        else:
+            optimizer = members_optimizer(factories, self.flat, self.names)
+        self._rates, self.member_schedulers = [], []
+        if self.scheduler_factories[0] is not None:
+            group = optimizer.param_groups[0]
+            for k, factory in enumerate(self.scheduler_factories):
+                settings = {key: (float(v[k]) if isinstance(v, Tensor) else v) for key, v in group.items()
+                            if key != "params"}  # fmt: skip
+                rate = _MemberRate(settings)
+                self._rates.append(rate)
+                self.member_schedulers.append(factory(rate))
+            saved = getattr(self, "_saved_schedulers", None) or []
+            for scheduler, state in zip(self.member_schedulers, saved):
+                scheduler.load_state_dict(state)
+            self._saved_schedulers = None
+            self._active = getattr(self, "_active", [True] * self.n_members)
+            self._set_rates(optimizer, [rate.param_groups[0]["lr"] for rate in self._rates])
+        return optimizer
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Each member's schedule; with one member the settings its checkpoints carry (the
+        optimizer's and scheduler's class and settings, the data's), with K the members' names
+        and statuses (a sweep's own checkpoint)."""
+        checkpoint["lr_schedulers"] = [scheduler.state_dict() for scheduler in self.member_schedulers]
+        if self.n_members == 1:
+            for key, values in self.records[0].items():
+                checkpoint.setdefault(key, {}).update(values)
+        else:
+            checkpoint["members"] = {"names": list(self.names), "status": [asdict(s) for s in self.status]}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._saved_schedulers = checkpoint.get("lr_schedulers") or []
+        members = checkpoint.get("members")
+        if self.n_members > 1 and isinstance(members, dict):
+            if members.get("names") != self.names:
+                raise ValueError(
+                    f"the checkpoint's members are {members.get('names')}, this sweep's {self.names}"
+                )
+            self.status = [MemberStatus(**s) for s in members["status"]]
+
+    def checkpoint_dump(self, key: object) -> dict:
+        """What ``trainer.save_checkpoint`` would save now, made once per ``key`` (each member's
+        checkpoint of one moment takes its part of the same one)."""
+        cached = getattr(self, "_dump", None)
+        if cached is None or cached[0] != key:
+            self._dump = (key, self.trainer._checkpoint_connector.dump_checkpoint(weights_only=False))
+        return self._dump[1]
+
+    def member_checkpoint(self, k: int, checkpoint: dict, own: dict[str, dict]) -> dict:
+        """Member ``k``'s part of the K-member ``checkpoint`` (what Lightning dumps) as the
+        checkpoint its ``fit`` would write: its weights, its rows of the optimizer's state and its
+        rates, its schedule, its callbacks' states (``own``: the state of its checkpoint callback,
+        under ``fit``'s key), its hyper-parameters and data settings, its status."""
+        if self.n_members == 1:
+            return checkpoint
+        K, names = self.n_members, self.parameter_names()
+        stacked = [f"net.W.{i}" for i in range(len(self.net.weights))] + [
+            f"net.b.{i}" for i in range(len(self.net.biases))
+        ]
+        state_dict = {
+            f"net.{name}": checkpoint["state_dict"][key][k].clone() for name, key in zip(names, stacked)
+        }
+        optimizer_states = []
+        for saved in checkpoint["optimizer_states"]:
+            rows = {i: {key: (t[k].clone() if isinstance(t, Tensor) and t.dim() and t.shape[0] == K else t)
+                        for key, t in state.items()} for i, state in saved["state"].items()}  # fmt: skip
+            groups = [{key: (float(v[k]) if isinstance(v, Tensor) and v.dim() == 1 and len(v) == K else v)
+                       for key, v in group.items()} for group in saved["param_groups"]]  # fmt: skip
+            optimizer_states.append({"state": rows, "param_groups": groups})
+        callbacks = {}
+        for key, state in checkpoint.get("callbacks", {}).items():
+            if isinstance(state, dict) and "members" in state and len(state["members"]) == K:
+                callbacks[key] = state["members"][k]
+        callbacks.update(own)
+        schedulers = checkpoint.get("lr_schedulers") or []
+        hyper = {key: v for key, v in self.member_hparams[k].items() if not key.startswith("_")}
+        record = self.records[k]
+        return {
+            **{
+                key: checkpoint[key]
+                for key in ("epoch", "global_step", "pytorch-lightning_version", "loops")
+                if key in checkpoint
+            },  # fmt: skip
+            "state_dict": state_dict,
+            "optimizer_states": optimizer_states,
+            "lr_schedulers": schedulers[k : k + 1],
+            "callbacks": callbacks,
+            "hparams_name": "kwargs",
+            "hyper_parameters": {**hyper, **record.get("hyper_parameters", {})},
+            "datamodule_hyper_parameters": dict(record.get("datamodule_hyper_parameters", {})),
+            "member": {"name": self.names[k], **asdict(self.status[k])},
+        }
+
+    def optimizer_hparams(self, k: int = 0) -> dict[str, object]:
+        """Member ``k``'s optimizer class and settings, for the HParams tab."""
         opt = self.optimizers(use_pl_optimizer=False)
         out: dict[str, object] = {"optimizer": type(opt).__name__}
-        out.update({k: v for k, v in opt.defaults.items() if isinstance(v, (int, float, bool, str))})
+        for key, v in opt.defaults.items():
+            if isinstance(v, Tensor) and v.dim() == 1:
+                v = float(v[k])
+            if isinstance(v, (int, float, bool, str)):
+                out[key] = v
         return out

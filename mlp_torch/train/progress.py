@@ -84,7 +84,12 @@ class EpochProgressBar(ProgressBar):
             return
         self._updates += getattr(pl_module, "epoch_stats", {}).get("updates", 0)
         rate = self._updates / max(time.perf_counter() - self._started, 1e-9)
-        text = epoch_line(trainer.callback_metrics, rate)
+        members = getattr(pl_module, "progress_text", lambda: None)()
+        text = (
+            epoch_line(trainer.callback_metrics, rate)
+            if members is None
+            else f"{members}  {rate:,.0f} updates/s"
+        )
         epoch = trainer.current_epoch  # from 0
         if self._bar is not None:
             self._bar.set_postfix_str(text, refresh=False)
