@@ -101,3 +101,27 @@ def test_batch_size_below_the_number_of_processes_is_one_line_exit_2(tmp_path):
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("mlp-torch:")]
     assert "batch_size=2 is smaller than the 3 processes" in line
     assert not list(tmp_path.rglob("*.ckpt"))  # stopped before training
+
+
+def test_a_sweep_on_2_processes_is_the_one_process_sweep(tmp_path, monkeypatch):
+    """Each process its shard of every member's batch, one collective per update for all: the
+    members' weights equal the one-process sweep's to 1e-10, each written once (rank 0)."""
+    args = ["--data.dataset", "iris", "--model.dtype", "float64", "--model.hidden_sizes", "[6]",
+            "--trainer.enable_progress_bar", "false", "--model.batch_size", "8", "--trainer.max_epochs", "4",
+            "--convergence.enabled", "false", "--grid", "seed_everything=[0, 1]", "--grid", "model.l1=[0, 0.001]"]  # fmt: skip
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    cmd = [sys.executable, "-m", "mlp_torch.cli", "sweep", *args, *ddp, "--sweep_dir", "ddp"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("mlp-torch sweep: 4 members") == 1  # the table printed once
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", *args, "--sweep_dir", "one"]) == 0
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir()
+    )
+    for member in (p.name for p in (tmp_path / "one").iterdir() if p.is_dir()):
+        ours, theirs = (torch.load(tmp_path / d / member / "checkpoints" / "last.ckpt", weights_only=True)
+                        for d in ("ddp", "one"))  # fmt: skip
+        assert ours["epoch"] == theirs["epoch"] == 3
+        for key, value in theirs["state_dict"].items():
+            torch.testing.assert_close(ours["state_dict"][key], value, rtol=0, atol=1e-10)

@@ -73,10 +73,13 @@ def fused_backprop(
     delta = COSTS[cost].delta(z, activations[-1], y)  # (n, n_L)
     if scale != 1.0:
         delta = delta * scale  # s delta_L: every later delta and gradient carries s
-    ones = _ones(x.shape[-2], x.dtype, x.device)  # (n,): sum over examples as a mat-vec, far faster
+    ones = _ones(x.shape[-2], x.dtype, x.device) if delta.dim() == 2 else None  # (n,)
     for i in range(last, -1, -1):
         torch.matmul(delta.mT, activations[i], out=grad_W[i])  # (n_l, n) @ (n, n_{l-1})
-        torch.matmul(delta.mT, ones, out=grad_b[i])  # (n_l,) = sum_i delta_i
+        if ones is not None:  # (n_l,) = sum_i delta_i as a mat-vec: far faster than a sum, in 2-D
+            torch.matmul(delta.mT, ones, out=grad_b[i])
+        else:  # members' (K, n_l), into a view of their flat gradient
+            torch.sum(delta, dim=-2, out=grad_b[i])
         if i:
             delta = _sigmoid_backward(delta @ weights[i], activations[i])  # (n, n_{l-1})
     return z
