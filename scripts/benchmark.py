@@ -27,7 +27,7 @@
    busy process (a CPU-bound loop), and ``mlp-torch gradcheck``.
 4. Sweeps: the training phase of one default fit against 32-member ``mlp-torch sweep`` grids of
    the same network, data, batch size and epochs, members sharing a seed and each with its own
-   (:func:`mlp_torch.cli.sweep.speed_ratios`), one after the other, once.
+   (:func:`speed_ratios`), one after the other, once.
 
 Every measurement runs ``--rounds`` times, the methods taking turns within each round; the table
 shows the median, with min and max in the JSON (``--out``). Runs on CUDA too when present
@@ -331,6 +331,53 @@ def whole_process(args: list[str], busy: bool = False) -> tuple[float, str]:
 # ---- the run ------------------------------------------------------------------------------------
 
 
+# ---- sweeps: 32 members against one fit -------------------------------------------------------
+
+SPEED_GRIDS = {  # 32 members of the default network, data, batch size and epochs
+    "shared seed": [
+        "model.optimizer.lr=[1, 2, 3, 5]",
+        "model.optimizer.alpha=[0.5, 0.9]",
+        "model.l2=[0, 1e-4, 3e-4, 1e-3]",
+    ],  # fmt: skip
+    "own seed": ["seed_everything=[" + ", ".join(str(s) for s in range(32)) + "]"],
+}
+
+
+def speed_ratios(
+    args: list[str] | None = None, grids: dict[str, list[str]] | None = None
+) -> dict[str, float]:
+    """Wall time of the training phase (``Trainer.fit``, not process start-up) of one
+    ``mlp-torch fit ARGS`` and of each sweep of ``grids`` (default :data:`SPEED_GRIDS`) on the same
+    ARGS, measured one after the other in this process, and each sweep's ratio to the fit.
+
+    Returns ``{"fit": s, "shared seed": s, "shared seed ratio": r, ...}``.
+    """
+    from mlp_torch.cli.fit import make_cli
+    from mlp_torch.cli.sweep import build_sweep, parse_grid
+
+    args = [*(args or []), "--trainer.enable_progress_bar", "false"]
+    grids = SPEED_GRIDS if grids is None else grids
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        with contextlib.redirect_stderr(open(os.devnull, "w")):  # noqa: SIM115 (Lightning's device lines)
+            cli = make_cli(
+                [*args, "--trainer.default_root_dir", tmp, "--trainer.logger.save_dir", tmp], run=False
+            )
+        started = time.perf_counter()
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        out["fit"] = time.perf_counter() - started
+        out["fit epochs"] = cli.trainer.current_epoch
+        for name, specs in grids.items():
+            sweep = build_sweep(args, parse_grid(specs), Path(tmp) / name.replace(" ", "_"))
+            started = time.perf_counter()
+            sweep.trainer.fit(sweep.module, datamodule=sweep.datamodule)
+            out[name] = time.perf_counter() - started
+            out[f"{name} members"] = len(sweep.names)
+            out[f"{name} epochs"] = sweep.trainer.current_epoch
+            out[f"{name} ratio"] = out[name] / out["fit"]
+    return out
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
@@ -363,8 +410,6 @@ def main() -> int:
     if "process" not in args.skip:
         results["process_s"] = processes(args.rounds)
     if "sweep" not in args.skip:
-        from mlp_torch.cli.sweep import speed_ratios
-
         results["sweep_s"] = speed_ratios()
     results["benchmark_seconds"] = time.perf_counter() - began
     report(results)

@@ -108,7 +108,8 @@ def test_a_sweep_on_2_processes_is_the_one_process_sweep(tmp_path, monkeypatch):
     members' weights equal the one-process sweep's to 1e-10, each written once (rank 0)."""
     args = ["--data.dataset", "iris", "--model.dtype", "float64", "--model.hidden_sizes", "[6]",
             "--trainer.enable_progress_bar", "false", "--model.batch_size", "8", "--trainer.max_epochs", "4",
-            "--convergence.enabled", "false", "--grid", "seed_everything=[0, 1]", "--grid", "model.l1=[0, 0.001]"]  # fmt: skip
+            "--convergence.enabled", "false",
+            "--grid", "seed_everything=[0, 1]", "--grid", "model.l1=[0, 0.001]"]  # fmt: skip
     ddp = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
     cmd = [sys.executable, "-m", "mlp_torch.cli", "sweep", *args, *ddp, "--sweep_dir", "ddp"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)

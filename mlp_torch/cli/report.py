@@ -164,7 +164,8 @@ def sweep_table(rows: list[dict[str, object]], metric: str, diverged: list[str],
     widths = [max(len(line[i]) for line in table) for i in range(len(shown))]
     lines = [
         "",
-        f"mlp-torch sweep: {len(rows)} members, sorted by val/{metric} at each one's best epoch (lowest val/J)",
+        f"mlp-torch sweep: {len(rows)} members, sorted by val/{metric} at each one's best epoch "
+        "(lowest val/J)",
     ]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in table]
     lines += [f"  {line}" for line in diverged]

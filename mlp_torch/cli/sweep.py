@@ -230,7 +230,8 @@ def _shared_section(configs: list[dict], names: list[str], section: str) -> dict
             differing = sorted(k for k, v in _flat(config.get(section)).items()
                                if _flat(configs[0].get(section)).get(k) != v)  # fmt: skip
             raise ValueError(
-                f"{section}.{differing[0] if differing else ''} differs between members {names[0]} and {name}: "
+                f"{section}.{differing[0] if differing else ''} differs between members {names[0]} and "
+                f"{name}: "
                 "a sweep shares it"
             )
     return configs[0].get(section) or {}
@@ -244,8 +245,10 @@ def _data(config: dict) -> dict:
 def _model(config: dict, data: MLPDataModule) -> MLPModule:
     """A member's module as ``fit`` builds it: its model settings, the data's widths and task."""
     settings = {k: v for k, v in config["model"].items() if k not in ("optimizer", "lr_scheduler")}
-    settings.update(n_inputs=data.n_features, n_outputs=data.n_outputs, task=data.task,
-                    target_low=data.target_low, target_high=data.target_high, seed=config["seed_everything"])  # fmt: skip
+    settings.update(
+        n_inputs=data.n_features, n_outputs=data.n_outputs, task=data.task, seed=config["seed_everything"]
+    )
+    settings.update(target_low=data.target_low, target_high=data.target_high)  # what fit links from the data
     return MLPModule(**settings, optimizer=_factory(config["model"].get("optimizer")),
                      lr_scheduler=_factory(config["model"].get("lr_scheduler")))  # fmt: skip
 
@@ -289,7 +292,7 @@ def build_sweep(
     then their module, data and trainer; nothing is written. ``folder``: where the runs go
     (``None``: the next ``lightning_logs/sweep_N`` under the logger's ``save_dir``);
     ``ckpt_path``: ``"last"`` (or that folder's ``last.ckpt``) continues the sweep in ``folder``."""
-    with _quiet("lightning.pytorch", "lightning.fabric"), warnings.catch_warnings():  # not "GPU available: ..."
+    with _quiet("lightning.pytorch", "lightning.fabric"), warnings.catch_warnings():  # no "GPU available"
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         cli = make_cli(args, run=False)
     base = cli.model
@@ -334,7 +337,8 @@ def build_sweep(
         if saved != names:
             raise CheckpointError(
                 f"--ckpt_path {resume}: it is not a checkpoint of this sweep (its members are "
-                f"{(saved or ['none'])[:3]}..., this grid's {names[:3]}...); give the arguments and grid it ran with"
+                f"{(saved or ['none'])[:3]}..., this grid's {names[:3]}...); give the arguments and grid it "
+                "ran with"
             )
     elif (folder / SWEEP_FILE).exists() and not _is_other_rank():
         raise ValueError(
@@ -348,8 +352,10 @@ def build_sweep(
         _member_checkpoint(shared["checkpoint"], cli, folder / name / "checkpoints").for_member(k, name)
         for k, name in enumerate(names)
     ]
-    whole = EpochCheckpoint(dirpath=folder, save_top_k=0, monitor=None, save_last=True,
-                            enable_version_counter=False)  # the sweep's own last.ckpt, all members  # fmt: skip
+    # the sweep's own last.ckpt, all members at once (what --ckpt_path last continues)
+    whole = EpochCheckpoint(
+        dirpath=folder, save_top_k=0, monitor=None, save_last=True, enable_version_counter=False
+    )
     diagnostics = next(c for c in cli.trainer.callbacks if isinstance(c, LearningRateDiagnostics))
     stop = next(c for c in cli.trainer.callbacks if isinstance(c, ConvergenceStop)).for_members(convergence)
     callbacks = [copy.copy(diagnostics), stop, *checkpoints, whole]
@@ -436,8 +442,8 @@ def _report(sweep: Sweep, seconds: float) -> list[dict[str, object]]:
                 for key, v in sweep.grid.members[k].items()
             }
         )
-        log_hparams(sweep.folder / name, hp, final_metrics(status.last, status.best, test if k == best else {}),
-                    status.epochs)  # fmt: skip
+        metrics = final_metrics(status.last, status.best, test if k == best else {})
+        log_hparams(sweep.folder / name, hp, metrics, status.epochs)
     write_rows(sweep.folder / "results.csv", rows)
     diverged = [f"{names[k]}: {s.why}" for k, s in enumerate(module.status) if s.stopped == "diverged"]
     print(sweep_table(rows, metric, diverged, test, seconds, sweep.folder))
@@ -453,7 +459,7 @@ def _test_member(sweep: Sweep, k: int) -> dict[str, float]:
         return {}
     module = _model(sweep.configs[k], data)
     with _quiet("lightning.pytorch", "lightning.fabric"), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")  # (a test needs none)
+        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")  # a test needs none
         device = sweep.trainer.strategy.root_device
         tester = L.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False,
                            enable_model_summary=False, plugins=[AtomicCheckpointIO()],
@@ -493,49 +499,3 @@ def sweep_main(args: list[str]) -> int:
     if rows and all(s.stopped == "diverged" for s in sweep.module.status):
         return 1
     return 0
-
-
-# ---- speed: a sweep against one fit (scripts/benchmark.py calls this) ---------------------------
-
-SPEED_GRIDS = {  # 32 members of the default network, data, batch size and epochs
-    "shared seed": [
-        "model.optimizer.lr=[1, 2, 3, 5]",
-        "model.optimizer.alpha=[0.5, 0.9]",
-        "model.l2=[0, 1e-4, 3e-4, 1e-3]",
-    ],  # fmt: skip
-    "own seed": ["seed_everything=[" + ", ".join(str(s) for s in range(32)) + "]"],
-}
-
-
-def speed_ratios(
-    args: list[str] | None = None, grids: dict[str, list[str]] | None = None
-) -> dict[str, float]:
-    """Wall time of the training phase (``Trainer.fit``, not process start-up) of one
-    ``mlp-torch fit ARGS`` and of each sweep of ``grids`` (default :data:`SPEED_GRIDS`) on the same
-    ARGS, measured one after the other in this process, and each sweep's ratio to the fit.
-
-    Returns ``{"fit": s, "shared seed": s, "shared seed ratio": r, ...}``.
-    """
-    import tempfile
-
-    args = [*(args or []), "--trainer.enable_progress_bar", "false"]
-    grids = SPEED_GRIDS if grids is None else grids
-    out: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        with _quiet("lightning.pytorch", "lightning.fabric"):
-            cli = make_cli(
-                [*args, "--trainer.default_root_dir", tmp, "--trainer.logger.save_dir", tmp], run=False
-            )
-        started = time.perf_counter()
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        out["fit"] = time.perf_counter() - started
-        out["fit epochs"] = cli.trainer.current_epoch
-        for name, specs in grids.items():
-            sweep = build_sweep(args, parse_grid(specs), Path(tmp) / name.replace(" ", "_"))
-            started = time.perf_counter()
-            sweep.trainer.fit(sweep.module, datamodule=sweep.datamodule)
-            out[name] = time.perf_counter() - started
-            out[f"{name} members"] = len(sweep.names)
-            out[f"{name} epochs"] = sweep.trainer.current_epoch
-            out[f"{name} ratio"] = out[name] / out["fit"]
-    return out

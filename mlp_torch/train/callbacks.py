@@ -47,8 +47,8 @@ def _member_states(state: dict, n_members: int) -> list[dict]:
         or len(states) != n_members
         or not all(isinstance(s, dict) for s in states)
     ):
-        raise ValueError(f"it holds the state of {len(states) if isinstance(states, list) else 'no'} members, "
-                         f"this run has {n_members}")  # fmt: skip
+        found = len(states) if isinstance(states, list) else "no"
+        raise ValueError(f"it holds the state of {found} members, this run has {n_members}")
     return states
 
 
@@ -112,7 +112,7 @@ class LearningRateDiagnostics(Callback):
             self._members(pl_module.n_members)
 
     def _check_J(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        stats, epoch, K = pl_module.epoch_stats, trainer.current_epoch, pl_module.n_members
+        stats, K = pl_module.epoch_stats, pl_module.n_members
         rose = [0.0] * K
         for k in range(K):
             if pl_module.status[k].stopped:
@@ -210,7 +210,8 @@ class LearningRateDiagnostics(Callback):
         rank_zero_only(log.warning)(
             f"{member}the outputs are saturated: {saturated:.0%} of the output sigmoids are within "
             f"{SATURATED:g} of 0 or 1 and {why}; there f'(z) ~ 0, the gradient vanishes and J stops changing "
-            f"without converging. Lower the learning rate (it was {lrs[k]:g}), or use --model.cost cross_entropy"
+            f"without converging. Lower the learning rate (it was {lrs[k]:g}), or use --model.cost "
+            "cross_entropy"
         )
 
     def state_dict(self) -> dict:
