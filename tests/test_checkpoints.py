@@ -208,7 +208,15 @@ def test_each_epoch_writes_last_once_and_best_only_when_better(tmp_path, monkeyp
         save(self, ckpt, path, **kw)
 
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recording_save)
-    args = [*XOR, "--trainer.max_epochs", "6", "--convergence.enabled", "false"]
+    args = [
+        *XOR,
+        "--trainer.max_epochs",
+        "6",
+        "--convergence.enabled",
+        "false",
+        "--checkpoint.last_every_seconds",
+        "0",
+    ]
     cli = make_cli(args, run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     lasts = [epoch for name, epoch in saved if name == "last.ckpt"]
@@ -224,7 +232,16 @@ SCHEDULER = [
     "--model.lr_scheduler.gamma",
     "0.99",
 ]
-LONG = [*XOR, "--convergence.enabled", "false", "--model.batch_size", "4", *SCHEDULER]
+LONG = [
+    *XOR,
+    "--convergence.enabled",
+    "false",
+    "--model.batch_size",
+    "4",
+    *SCHEDULER,
+    "--checkpoint.last_every_seconds",
+    "0",
+]  # every epoch: kills land during its writes
 
 
 def kill_during_a_write(cwd, env, epochs, attempts=6):

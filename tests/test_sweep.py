@@ -284,14 +284,17 @@ def test_a_members_checkpoints_are_fit_checkpoints(tmp_path, monkeypatch, capsys
 
 
 def test_a_killed_sweep_resumed_with_ckpt_path_last_is_bit_identical(tmp_path):
-    """SIGKILL in the middle of a sweep whose members converge at different epochs, then
-    --ckpt_path last: the final weights of every member equal an uninterrupted sweep's, bit for bit."""
+    """SIGKILL in the middle of a sweep whose members stop at different epochs (one has converged
+    by then), then --ckpt_path last: every member's final weights equal an uninterrupted sweep's,
+    bit for bit, and so do their stops and the table."""
     import os
     import signal
     import time
 
-    args = [*IRIS, "--model.batch_size", "4", "--trainer.max_epochs", "60", *SCHEDULE,
-            "--convergence.threshold", "0.002", "--grid", "model.optimizer.lr=[0.05, 0.5, 3]"]  # fmt: skip
+    schedule = ["--model.lr_scheduler", "torch.optim.lr_scheduler.ExponentialLR", "--model.lr_scheduler.gamma",
+                "0.995"]  # fmt: skip
+    args = [*IRIS, "--model.batch_size", "4", "--trainer.max_epochs", "600", *schedule, "--convergence.threshold",
+            "0.0005", "--checkpoint.last_every_seconds", "0.05", "--grid", "model.optimizer.lr=[0.05, 0.5, 3]"]  # fmt: skip
     cmd = [sys.executable, "-m", "mlp_torch.cli", "sweep", *args]
     straight = subprocess.run([*cmd, "--sweep_dir", "straight"], cwd=tmp_path, capture_output=True, text=True,
                               timeout=300)  # fmt: skip
@@ -299,25 +302,29 @@ def test_a_killed_sweep_resumed_with_ckpt_path_last_is_bit_identical(tmp_path):
     killed = subprocess.Popen([*cmd, "--sweep_dir", "killed"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
     last = tmp_path / "killed" / "last.ckpt"
-    deadline = time.monotonic() + 120
+    deadline, at = time.monotonic() + 120, None
     while killed.poll() is None and time.monotonic() < deadline:
-        if last.is_file() and torch.load(last, weights_only=True)["epoch"] >= 10:
-            os.kill(killed.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
+        if last.is_file():
+            state = torch.load(last, weights_only=True)
+            if state["epoch"] >= 390:  # the first member converges at epoch 387, the others later
+                os.kill(killed.pid, signal.SIGKILL)
+                at = state
+                break
+        time.sleep(0.01)
     killed.wait()
-    assert killed.returncode == -signal.SIGKILL
+    assert killed.returncode == -signal.SIGKILL and at["epoch"] < 599
+    assert "converged" in {s["stopped"] for s in at["members"]["status"]}  # a stopped member is resumed
     resumed = subprocess.run([*cmd, "--sweep_dir", "killed", "--ckpt_path", "last"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = (torch.load(tmp_path / d / "last.ckpt", weights_only=True) for d in ("straight", "killed"))
-    assert a["epoch"] == b["epoch"] and a["members"]["status"] == b["members"]["status"]
-    assert {s["stopped"] for s in a["members"]["status"]} >= {"converged"}
+    assert a["epoch"] == b["epoch"] == 599
+    assert a["members"]["status"] == b["members"]["status"]
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
-    rows = [line.split(",")[:3] for line in (tmp_path / "killed" / "results.csv").read_text().splitlines()]
+    rows = [line.split(",")[:5] for line in (tmp_path / "killed" / "results.csv").read_text().splitlines()]
     assert rows == [
-        line.split(",")[:3] for line in (tmp_path / "straight" / "results.csv").read_text().splitlines()
+        line.split(",")[:5] for line in (tmp_path / "straight" / "results.csv").read_text().splitlines()
     ]
 
 

@@ -27,6 +27,7 @@ import io
 import os
 import socket
 import tempfile
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -347,17 +348,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class EpochCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that also rewrites ``last.ckpt`` at the end of every training epoch
-    (with ``save_last``), so a kill loses at most the epoch in progress. Lightning 2.6's own
-    ``save_last=True`` writes ``last.ckpt`` only together with a new best.
+    """``ModelCheckpoint`` whose ``last.ckpt`` holds the latest completed epoch (Lightning 2.6's
+    own ``save_last=True`` writes ``last.ckpt`` only together with a new best), rewritten at the
+    end of an epoch once ``last_every_seconds`` have passed since it was last written: every
+    epoch when epochs are slower than that, so a kill loses at most the epoch in progress or that
+    long of training, whichever is more. The last epoch of a run (``max_epochs``, a convergence
+    stop, SIGTERM) is always written; 0 writes every epoch.
 
     With :meth:`for_member`, it keeps the checkpoints of one member of a sweep instead: that
     member's ``val/J`` decides its best, and what it writes is the checkpoint that member's
     ``fit`` would write (:meth:`mlp_torch.train.module.MLPModule.member_checkpoint`), nothing once
-    the member has stopped."""
+    the member has stopped.
+
+    Args:
+        last_every_seconds: the least time between two writes of ``last.ckpt`` (seconds, >= 0).
+        **kwargs: those of ``ModelCheckpoint``.
+    """
 
     member: int | None = None  # which member (None: the whole run)
     member_name = ""
+
+    def __init__(self, *, last_every_seconds: float = 1.0, **kwargs) -> None:
+        if isinstance(last_every_seconds, bool) or not (0 <= last_every_seconds < float("inf")):
+            raise ValueError(f"last_every_seconds={last_every_seconds!r} must be a number of seconds >= 0")
+        super().__init__(**kwargs)
+        self.last_every_seconds = last_every_seconds
+        self._last_written = -float("inf")
 
     def for_member(self, k: int, name: str) -> EpochCheckpoint:
         self.member, self.member_name = k, name
@@ -380,18 +396,31 @@ class EpochCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._phase = "epoch end"
         super().on_train_epoch_end(trainer, pl_module)
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer) and self._last_is_due(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _last_is_due(self, trainer) -> bool:
+        """Whether this epoch's end writes ``last.ckpt``: enough time has passed, or it is the
+        run's (or this member's) last epoch."""
+        max_epochs = trainer.max_epochs
+        last_epoch = max_epochs not in (None, -1) and trainer.current_epoch + 1 >= max_epochs
+        status = trainer.lightning_module.status[self.member] if self.member is not None else None
+        member_stopped = status is not None and bool(status.stopped)
+        final = trainer.should_stop or last_epoch or trainer.received_sigterm or member_stopped
+        return final or time.monotonic() - self._last_written >= self.last_every_seconds
+
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_written = time.monotonic()
 
     def _should_skip_saving_checkpoint(self, trainer) -> bool:
         if super()._should_skip_saving_checkpoint(trainer):
             return True
         if self.member is None:
             return False
-        status = trainer.lightning_module.status[self.member]  # a stopped member's files are final
-        return bool(status.stopped) and not (
-            status.stopped == "converged" and status.epochs == trainer.current_epoch + 1
-        )
+        status = trainer.lightning_module.status[self.member]  # a stopped member's files are final:
+        stopped_now = status.epochs == trainer.current_epoch + (status.stopped == "converged")
+        return bool(status.stopped) and not stopped_now  # written last as it stopped
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         if self.member is None:

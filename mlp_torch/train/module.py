@@ -71,7 +71,7 @@ from mlp_torch.model.optim import GradientDescent, HeavyBall, Momentum
 from mlp_torch.train import loop
 from mlp_torch.train.distributed import max_over_ranks, shard, sum_over_ranks, update_shards
 from mlp_torch.train.events import RunEvents
-from mlp_torch.train.threads import choose_num_threads, largest_product, use_threads
+from mlp_torch.train.threads import SMALL_PRODUCT, choose_num_threads, largest_product, use_threads
 
 __all__ = ["CrossCheckError", "MLPModule", "MemberStatus", "default_optimizer"]
 
@@ -83,7 +83,7 @@ DEFAULT_L2 = 1e-4  # weight decay gamma; with lr 3, +0.56 points of held-out acc
 # What the members of one module share, as hyper-parameters (the others may differ per member).
 SHARED = ("n_inputs", "hidden_sizes", "n_outputs", "task", "cost", "reduction", "batch_size", "chunk_size",
           "grad_source", "crosscheck_every_n_steps", "crosscheck_action", "crosscheck_tolerance", "dtype",
-          "histograms_every_n_epochs", "num_threads")  # fmt: skip
+          "histograms_every_n_epochs", "num_threads", "native")  # fmt: skip
 PER_MEMBER_RATES = (GradientDescent, Momentum, HeavyBall)  # take (K,) tensors of lr and alpha
 
 
@@ -209,7 +209,11 @@ class MLPModule(L.LightningModule):
             n, 2n, ...); 0 turns them off. Each costs milliseconds, more than the epoch itself
             for small data, hence not every epoch.
         num_threads: intra-op threads; ``None``: by the size of an update's largest matrix
-            product (:func:`mlp_torch.threads.choose_num_threads`: 1 for small networks).
+            product (:func:`mlp_torch.train.threads.choose_num_threads`: 1 for small networks).
+        native: run each epoch's updates as one compiled call (:mod:`mlp_torch.train.native`)
+            where it covers the run: on the CPU, small matrix products, hand-written gradients
+            without a cross-check, an optimizer of :mod:`mlp_torch.optim`, one process; the
+            torch loop otherwise, or with ``False``. The choice is logged once.
     """
 
     def __init__(
@@ -238,6 +242,7 @@ class MLPModule(L.LightningModule):
         dtype: Literal["float32", "float64"] = "float32",
         histograms_every_n_epochs: int = 10,
         num_threads: int | None = None,
+        native: bool = True,
     ) -> None:
         super().__init__()
         check_objective_args(cost, l1, l2, reduction)
@@ -427,11 +432,29 @@ class MLPModule(L.LightningModule):
             rank_zero_info(line)
 
     def setup(self, stage: str) -> None:
-        self._threads_decided = None  # a new run (another trainer, devices): choose again
+        self._threads_decided = self._native_decided = None  # a new run (another trainer): choose again
+        self._validates_itself = stage == "fit" and self._can_validate_itself()
+        if self._validates_itself:  # Lightning's validation loop costs more per epoch than our updates
+            self._limit_val_batches, self.trainer.limit_val_batches = self.trainer.limit_val_batches, 0
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and getattr(self, "_validates_itself", False):  # trainer.validate() after fit
+            self.trainer.limit_val_batches = self._limit_val_batches
         world = self.trainer.world_size
         self.check_world_size(world)
         if world > 1:  # the module reduces its epoch metrics over the ranks itself: Lightning's hint is moot
             warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(")
+
+    def _can_validate_itself(self) -> bool:
+        """Whether a fit's validation can run at the end of its training step, on the data
+        module's validation split (held on the device): one forward pass, instead of
+        Lightning's validation loop (its hooks and bookkeeping cost milliseconds per epoch)."""
+        trainer, dm = self.trainer, self.trainer.datamodule
+        x = getattr(dm, "x_val", None)
+        return (
+            isinstance(x, Tensor) and x.shape[-2] > 0 and trainer.val_check_interval == 1.0
+            and trainer.limit_val_batches in (1.0, None) and trainer.check_val_every_n_epoch is not None
+        )  # fmt: skip
 
     def check_world_size(self, world: int) -> None:
         """Under data parallelism a global batch must give each of the ``world`` processes at
@@ -496,6 +519,74 @@ class MLPModule(L.LightningModule):
         y_out.copy_(loop.gather(y, index), non_blocking=True)  # (..., m, n_out)
         return xc, y_out
 
+    def _native_loop(self, opt, rows: int) -> bool:
+        """Whether this run's epochs run as one compiled call each (:mod:`mlp_torch.train.native`);
+        decided and logged once per run, with the reason when not."""
+        if getattr(self, "_native_decided", None) is not None:
+            return self._native_decided
+        from mlp_torch.train import native
+
+        kind = "Nesterov" if opt.defaults.get("nesterov") else type(opt).__name__
+        why = self._why_not_native(opt, kind, rows)
+        self._native_decided, self._native_rule = not why, native.RULES.get(kind, -1)
+        on = "each epoch's updates in one compiled call; --model.native false for the torch loop"
+        rank_zero_info(f"native: on ({on})" if not why else f"native: off ({why}): the torch loop")
+        return self._native_decided
+
+    def _why_not_native(self, opt, kind: str, rows: int) -> str:
+        """Why the native loop cannot train this run (``""``: it can)."""
+        from mlp_torch.train import native
+
+        hp, world = self.hparams, self._rank_and_world()[1]
+        product = largest_product(self.net.sizes, rows, self.n_members)
+        if not hp.native:
+            return "--model.native false"
+        if not native.available():
+            return native.why_unavailable()
+        if self.flat.device.type != "cpu":
+            return f"on {self.flat.device.type}, not the CPU"
+        if hp.grad_source != "manual":
+            return "grad_source autograd"
+        if hp.crosscheck_every_n_steps:
+            return "the cross-check runs in the torch loop"
+        if world > 1:
+            return f"{world} processes: one collective per update"
+        if kind not in native.RULES:
+            return f"{type(opt).__name__} is not an optimizer of mlp_torch.optim"
+        if not _unhooked(opt):
+            return "a step hook is registered"
+        if product >= SMALL_PRODUCT:
+            return f"an update's largest matrix product, {product:,} multiply-adds, is not small"
+        return ""
+
+    def _native_updates(self, x: Tensor, y: Tensor, z_out: Tensor, sums: Tensor, starts: list[int],
+                        scales: list[float], opt) -> None:  # fmt: skip
+        """The updates of rows ``starts[u]:starts[u + 1]`` of ``(x, y)``, in one call of
+        :func:`mlp_torch.train.native.epoch`, in place on ``self.flat``, ``self.flat_grad`` and
+        the optimizer's state."""
+        from mlp_torch.train import native
+
+        K = self.n_members
+        group, state = opt.param_groups[0], opt.state[self.flat]
+        key = {1: "dw", 2: "velocity", 3: "velocity"}.get(self._native_rule)
+        if key is not None and key not in state:
+            state[key] = torch.zeros_like(self.flat, memory_format=torch.preserve_format)  # as its step would
+
+        def members(t: Tensor):  # (K, ...) as numpy, sharing the tensor's memory
+            return (t if K > 1 else t[None]).numpy()
+
+        def per_member(value) -> list[float]:
+            return value.tolist() if isinstance(value, Tensor) else [float(value)] * K
+
+        x, y = (t if t.dim() == 3 else t[None] for t in (x, y))  # (1 or K, n, ...)
+        native.epoch(
+            members(self.flat), members(self.flat_grad), None if key is None else members(state[key]),
+            x.numpy(), y.numpy(), members(z_out), (sums if K > 1 else sums[:, None]).numpy(), self.net.sizes,
+            starts, scales, cost=self.hparams.cost, rule=self._native_rule, l1=per_member(self.l1),
+            l2=per_member(self.l2), lr=per_member(group["lr"]), alpha=per_member(group.get("alpha", 0.0)),
+            active=self._active,
+        )  # fmt: skip
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch  # the training split: (N, n_in) shared by all members, or (K, N, n_in) one each
         hp, K = self.hparams, self.n_members
@@ -531,6 +622,7 @@ class MLPModule(L.LightningModule):
         mask = self._frozen_mask if self._masked else None  # (K, 1): frozen members take no step
         self.crosscheck_errors: list[list[float]] = []
         w = self._params.w
+        native_loop = self._native_loop(opt, min(max(r.stop - r.start for r in rows), hp.chunk_size or size))
         with torch.no_grad():
             for updates in chunks:  # one chunk (all of this rank's examples) unless streamed
                 lo, hi = rows[updates.start].start, rows[updates.stop - 1].stop
@@ -538,6 +630,12 @@ class MLPModule(L.LightningModule):
                     xc, yc = self._to_device(x, y, index[..., lo:hi], y_local[..., lo:hi, :])
                 else:
                     xc, yc = x, y
+                if native_loop:  # every update of the chunk in one call
+                    starts = [rows[k].start - lo for k in updates] + [hi - lo]
+                    scales = [1.0 / sizes[k] if mean else 1.0 for k in updates]
+                    z, at = z_out[..., lo:hi, :], sums[..., updates.start : updates.stop]
+                    self._native_updates(xc, yc, z, at, starts, scales, opt)
+                    continue
                 lengths = [rows[k].stop - rows[k].start for k in updates]
                 batches = zip(updates, xc.split(lengths, -2), yc.split(lengths, -2),
                               z_out[..., lo:hi, :].split(lengths, -2))  # fmt: skip
@@ -579,6 +677,10 @@ class MLPModule(L.LightningModule):
         }
         self.trainer.callback_metrics.pop("_first_nonfinite", None)
         self._log_histograms()
+        if self._validates_itself and (self.current_epoch + 1) % self.trainer.check_val_every_n_epoch == 0:
+            dm = self.trainer.datamodule
+            with torch.no_grad():
+                self._validate(dm.x_val, dm.y_val)
 
     def log_epoch(self, metrics: dict[str, Tensor | float | Sequence[float]]) -> list[dict[str, float]]:
         """Log epoch-level scalars, each one value for all members or one per member (a ``(K,)``
@@ -658,6 +760,8 @@ class MLPModule(L.LightningModule):
         for k, status in enumerate(self.status):
             if status.stopped:
                 self._freeze(k, status.stopped)
+        if not any(self._active):  # a resumed run whose members have all stopped
+            self.trainer.should_stop = True
 
     def stop_member(self, k: int, stopped: str, why: str) -> None:
         """Member ``k`` stops training: ``stopped`` is ``"converged"`` (it takes no more steps) or
@@ -790,11 +894,15 @@ class MLPModule(L.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Every member's ``val/J`` and accuracy (or MSE); in a fit, a member's lowest ``val/J``
         so far makes this its best epoch."""
-        figures = {f"val/{k}": v for k, v in self.evaluate(*batch).items()}
         if self.trainer.state.fn != "fit" or self.trainer.sanity_checking:
+            figures = {f"val/{k}": v for k, v in self.evaluate(*batch).items()}
             self.log_dict(figures, prog_bar=True)  # validate returns what is logged
             return
-        logged = self.log_epoch(figures)
+        self._validate(*batch)
+
+    def _validate(self, x: Tensor, y: Tensor) -> None:
+        """An epoch's validation in a fit: each member's figures logged, its best epoch kept."""
+        logged = self.log_epoch({f"val/{k}": v for k, v in self.evaluate(x, y).items()})
         for status, values, active in zip(self.status, logged, self._active):
             J = values["val/J"]
             if active and math.isfinite(J) and (status.best_epoch < 0 or J < status.best["val/J"]):

@@ -1,0 +1,205 @@
+"""The compiled epoch loop (mlp_torch/train/native.py) against the readable equations
+(mlp_torch/model/backprop.py) and the optimizers' own step(), for every combination it covers:
+depths 1-3, both costs, L1 and L2, both reductions, batch 1, mini-batches and the full batch,
+GradientDescent, Momentum, HeavyBall and Nesterov, float32 and float64, K >= 1 members.
+
+Tolerance: float64 weights after 3 epochs within 1e-12 relative. The loop may reassociate the
+sums over a layer's inputs and sums a batch in another order than PyTorch, which moves each
+weight by a few units in the last place per update (1e-16 relative); the networks and rates here
+keep that from growing, and 1e-12 leaves four orders of magnitude for it while any error in an
+equation (a term, a factor, an index) shows at 1e-3 or more. float32: torch's assert_close."""
+
+import functools
+import itertools
+import logging
+
+import pytest
+import torch
+
+from mlp_torch.model.backprop import backprop
+from mlp_torch.model.network import SigmoidMLP
+from mlp_torch.model.optim import GradientDescent, HeavyBall, Momentum
+from mlp_torch.train import native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=native.why_unavailable() or "numba")
+
+OPTIMIZERS = {
+    "GradientDescent": functools.partial(GradientDescent, lr=0.7),
+    "Momentum": functools.partial(Momentum, lr=0.7, alpha=0.9),
+    "HeavyBall": functools.partial(HeavyBall, lr=0.2, alpha=0.8),
+    "Nesterov": functools.partial(HeavyBall, lr=0.2, alpha=0.8, nesterov=True),
+}
+SETTINGS = {name: dict(f.keywords) for name, f in OPTIMIZERS.items()}
+REGIMES = {"stochastic": 1, "mini-batch": 5, "full": None}
+# each case takes the next of these: every depth, cost, penalty and reduction is met, in several combinations
+DEPTHS = [[3, 2], [3, 5, 2], [3, 4, 5, 2]]
+PENALTIES = [(0.0, 0.0), (1e-3, 0.0), (0.0, 1e-3), (1e-3, 2e-3)]
+VARIANTS = list(itertools.product(DEPTHS, ["quadratic", "cross_entropy"], PENALTIES, ["mean", "sum"]))
+N = 23  # examples: the last mini-batch is shorter
+
+
+def problem(sizes, cost, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(N, sizes[0], generator=gen, dtype=torch.float64).to(dtype)
+    if cost == "cross_entropy":
+        y = torch.eye(sizes[-1], dtype=dtype)[torch.randint(sizes[-1], (N,), generator=gen)]
+    else:
+        y = torch.rand(N, sizes[-1], generator=gen, dtype=torch.float64).to(dtype)
+    return x, y
+
+
+def readable(net, x, y, batch, epochs, cost, l1, l2, reduction, optimizer):
+    """The notes' loop, as written: backprop.backprop of each batch, the optimizer's step()
+    (``optimizer``: a name of OPTIMIZERS, or a factory ``params -> Optimizer``)."""
+    weights = [W.detach().clone() for W in net.weights]
+    biases = [b.detach().clone() for b in net.biases]
+    opt = (OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer)([*weights, *biases])
+    for _ in range(epochs):
+        for start in range(0, N, batch):
+            xb, yb = x[start : start + batch], y[start : start + batch]
+            scale = 1.0 / len(xb) if reduction == "mean" else 1.0
+            bp = backprop(weights, biases, xb, yb, cost=cost, l1=l1, l2=l2, scale=scale)
+            for p, g in zip([*weights, *biases], bp.grad_W + bp.grad_b):
+                p.grad = g
+            opt.step()
+    return torch.cat([p.reshape(-1) for p in [*weights, *biases]])
+
+
+def compiled(net, x, y, batch, epochs, cost, l1, l2, reduction, optimizer, members=1):
+    """The same epochs by native.epoch, on flat (K, P) tensors as the module holds them."""
+    flat = torch.cat([p.detach().reshape(-1) for p in [*net.weights, *net.biases]]).repeat(members, 1)
+    grad, state = torch.zeros_like(flat), torch.zeros_like(flat)
+    starts = [*range(0, N, batch), N]
+    scales = [1.0 / (b - a) if reduction == "mean" else 1.0 for a, b in zip(starts, starts[1:])]
+    z = torch.empty(members, N, y.shape[1], dtype=x.dtype)
+    sums = torch.zeros(2, members, len(scales), dtype=x.dtype)
+    settings = SETTINGS[optimizer]
+    for _ in range(epochs):
+        native.epoch(
+            flat.numpy(), grad.numpy(), None if optimizer == "GradientDescent" else state.numpy(),
+            x[None].numpy(), y[None].numpy(), z.numpy(), sums.numpy(), net.sizes, starts, scales, cost=cost,
+            rule=native.RULES[optimizer], l1=[l1] * members, l2=[l2] * members, lr=[settings["lr"]] * members,
+            alpha=[settings.get("alpha", 0.0)] * members, active=[True] * members,
+        )  # fmt: skip
+    return flat, z, sums
+
+
+CASES = list(itertools.product(OPTIMIZERS, REGIMES, [torch.float64, torch.float32]))
+
+
+@pytest.mark.parametrize(
+    "optimizer, regime, dtype", CASES, ids=[f"{o}-{r}-{str(d)[6:]}" for o, r, d in CASES]
+)
+def test_the_compiled_epochs_are_the_readable_equations(optimizer, regime, dtype):
+    case = CASES.index((optimizer, regime, dtype))
+    sizes, cost, (l1, l2), reduction = VARIANTS[(7 * case) % len(VARIANTS)]
+    batch = REGIMES[regime] or N
+    net = SigmoidMLP(sizes, seed=case, bias_init=0.01).to(dtype)
+    x, y = problem(sizes, cost, dtype, seed=case)
+    want = readable(net, x, y, batch, 3, cost, l1, l2, reduction, optimizer)
+    got, z, sums = compiled(net, x, y, batch, 3, cost, l1, l2, reduction, optimizer)
+    if dtype == torch.float64:
+        assert float((got[0] - want).abs().max() / want.abs().max()) <= 1e-12
+    else:
+        torch.testing.assert_close(got[0], want)
+    # what an epoch leaves for train/J: each example's z_L at the weights it was used with, and the
+    # penalties' sums at each update's weights (the first update's: the starting weights)
+    _, z, sums = compiled(net, x, y, batch, 1, cost, l1, l2, reduction, optimizer)
+    torch.testing.assert_close(
+        z[0, :batch], net.forward_pass(x[:batch])[0][-1].detach(), rtol=1e-6, atol=1e-7
+    )
+    if l1 or l2:
+        W = torch.cat([w.detach().reshape(-1) for w in net.weights])
+        torch.testing.assert_close(sums[:, 0, 0], torch.stack([W.abs().sum(), (W * W).sum()]))
+
+
+def test_each_member_is_trained_as_it_would_be_alone():
+    """Three members: their own settings (rates, momenta, penalties), their own data, one call."""
+    sizes, dtype = [3, 6, 2], torch.float64
+    nets = [SigmoidMLP(sizes, seed=k).to(dtype) for k in range(3)]
+    data = [problem(sizes, "cross_entropy", dtype, seed=10 + k) for k in range(3)]
+    lrs, alphas, l1s, l2s = [0.3, 0.7, 1.1], [0.0, 0.5, 0.9], [0.0, 1e-3, 0.0], [1e-3, 0.0, 0.0]
+    flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in [*n.weights, *n.biases]]) for n in nets])
+    grad, state = torch.zeros_like(flat), torch.zeros_like(flat)
+    x, y = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
+    starts = [*range(0, N, 4), N]
+    scales = [1.0 / (b - a) for a, b in zip(starts, starts[1:])]
+    z, sums = torch.empty(3, N, 2, dtype=dtype), torch.zeros(2, 3, len(scales), dtype=dtype)
+    for _ in range(3):
+        native.epoch(flat.numpy(), grad.numpy(), state.numpy(), x.numpy(), y.numpy(), z.numpy(), sums.numpy(),
+                     sizes, starts, scales, cost="cross_entropy", rule=native.RULES["Momentum"], l1=l1s,
+                     l2=l2s,
+                     lr=lrs, alpha=alphas, active=[True, False, True])  # fmt: skip
+    for k in range(3):
+        start = torch.cat([p.detach().reshape(-1) for p in [*nets[k].weights, *nets[k].biases]])
+        if k == 1:  # not active: left as it was
+            assert torch.equal(flat[k], start)
+            continue
+        own = functools.partial(Momentum, lr=lrs[k], alpha=alphas[k])
+        want = readable(nets[k], *data[k], 4, 3, "cross_entropy", l1s[k], l2s[k], "mean", own)
+        assert float((flat[k] - want).abs().max() / want.abs().max()) <= 1e-12
+
+
+def test_a_nan_stays_a_nan():
+    """fastmath here never assumes finite values: a weight gone NaN makes z_L NaN (J non-finite:
+    the divergence is caught), and the sigmoid of +-inf is 1 or 0."""
+    sizes, dtype = [3, 4, 2], torch.float64
+    net = SigmoidMLP(sizes, seed=0).to(dtype)
+    with torch.no_grad():
+        net.weights[0][0, 0] = float("nan")
+    x, y = problem(sizes, "quadratic", dtype, seed=0)
+    _, z, _ = compiled(net, x, y, 1, 1, "quadratic", 0.0, 0.0, "mean", "GradientDescent")
+    assert z.isnan().all()
+
+
+# ---- the module: which loop trains, and the two give the same run -----------------------------
+
+
+def fit(module, dm, epochs=3):
+    import lightning.pytorch as L
+
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(max_epochs=epochs, num_sanity_val_steps=0, **quiet)
+    trainer.fit(module, datamodule=dm)
+    return module
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, "full"])
+def test_the_module_trains_the_same_run_natively_and_in_torch(batch_size, caplog):
+    from mlp_torch.data import MLPDataModule
+    from mlp_torch.train.module import MLPModule
+
+    runs = {}
+    for on in (True, False):
+        dm = MLPDataModule("iris", dtype="float64")
+        module = MLPModule(n_inputs=4, n_outputs=3, hidden_sizes=[6], dtype="float64", batch_size=batch_size,
+                           l1=1e-4, native=on)  # fmt: skip
+        with caplog.at_level(logging.INFO):
+            runs[on] = fit(module, dm).flat.clone()
+        assert ("native: on" if on else "native: off (--model.native false)") in caplog.text
+        caplog.clear()
+    assert float((runs[True] - runs[False]).abs().max() / runs[False].abs().max()) <= 1e-12
+
+
+@pytest.mark.parametrize(
+    "settings, why",
+    [
+        ({"grad_source": "autograd"}, "grad_source autograd"),
+        ({"crosscheck_every_n_steps": 5}, "the cross-check runs in the torch loop"),
+        (
+            {"optimizer": functools.partial(torch.optim.SGD, lr=0.5)},
+            "SGD is not an optimizer of mlp_torch.optim",
+        ),
+        ({"hidden_sizes": [1000]}, "is not small"),  # 1,078 x 64 x 1,000 multiply-adds: BLAS's
+    ],
+)
+def test_the_torch_loop_trains_what_the_native_one_does_not_cover(settings, why, caplog):
+    from mlp_torch.data import MLPDataModule
+    from mlp_torch.train.module import MLPModule
+
+    dm = MLPDataModule("digits")
+    module = MLPModule(**{"hidden_sizes": [6], "batch_size": "full", **settings})
+    with caplog.at_level(logging.INFO):
+        fit(module, dm, epochs=2)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("native:")]
+    assert line.startswith("native: off (") and why in line, line
