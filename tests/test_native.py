@@ -158,7 +158,9 @@ def test_a_nan_stays_a_nan():
 def fit(module, dm, epochs=3):
     import lightning.pytorch as L
 
-    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    quiet = dict(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer = L.Trainer(max_epochs=epochs, num_sanity_val_steps=0, **quiet)
     trainer.fit(module, datamodule=dm)
     return module
