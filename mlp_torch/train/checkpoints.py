@@ -25,6 +25,7 @@ import copy
 import fcntl
 import io
 import os
+import re
 import socket
 import tempfile
 import time
@@ -410,8 +411,14 @@ class EpochCheckpoint(ModelCheckpoint):
         return final or time.monotonic() - self._last_written >= self.last_every_seconds
 
     def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-        self._last_written = time.monotonic()
+        """``last.ckpt``, when due (Lightning also asks for it after every new best)."""
+        if self._last_is_due(trainer) or not self._last_checkpoint_saved:
+            self._writing_last = True
+            try:
+                super()._save_last_checkpoint(trainer, monitor_candidates)
+            finally:
+                self._writing_last = False
+            self._last_written = time.monotonic()
 
     def _should_skip_saving_checkpoint(self, trainer) -> bool:
         if super()._should_skip_saving_checkpoint(trainer):
@@ -423,24 +430,61 @@ class EpochCheckpoint(ModelCheckpoint):
         return bool(status.stopped) and not stopped_now  # written last as it stopped
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
+        """A member's checkpoint is its part of the run's (see the class); a new best of a member
+        is written with its next ``last.ckpt`` (or the run's), not at once: in a sweep most
+        epochs of the first ones improve some member's best, and each write costs a millisecond.
+        Whatever is on disk after a kill was written together, in order."""
         if self.member is None:
+            for callback in trainer.checkpoint_callbacks:  # the members' bests that it records
+                if isinstance(callback, EpochCheckpoint) and callback is not self:
+                    callback.flush(trainer)
             super()._save_checkpoint(trainer, filepath)
             return
         module = trainer.lightning_module
         whole = module.checkpoint_dump((trainer.global_step, getattr(self, "_phase", "")))
         checkpoint = module.member_checkpoint(self.member, whole, {self.fit_state_key: self.state_dict()})
-        trainer.strategy.save_checkpoint(checkpoint, filepath)
+        self._pending = {**getattr(self, "_pending", {}), filepath: checkpoint}
+        if getattr(self, "_writing_last", False):
+            self.flush(trainer)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
+
+    def flush(self, trainer) -> None:
+        """Write what waits to be written (a member's new best, then its ``last.ckpt``), in order."""
+        pending, self._pending = getattr(self, "_pending", {}), {}
+        for filepath, checkpoint in pending.items():
+            trainer.strategy.save_checkpoint(checkpoint, filepath)
+
+    def _remove_checkpoint(self, trainer, filepath: str) -> None:
+        """Remove ``filepath`` only if it lies directly in this run's checkpoint folder (and is a
+        file: :meth:`AtomicCheckpointIO.remove_checkpoint` looks, in order with the writes); one
+        not written yet is not written."""
+        getattr(self, "_pending", {}).pop(filepath, None)
+        inside = self.dirpath is not None and os.path.realpath(Path(filepath).parent) == os.path.realpath(
+            self.dirpath
+        )
+        if inside:
+            super()._remove_checkpoint(trainer, filepath)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        self.flush(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        self.flush(trainer)  # the bests of completed epochs
 
     def _monitor_candidates(self, trainer) -> dict[str, Tensor]:
         """Lightning's candidates without its ``deepcopy`` of every logged value (about a
         millisecond per call, more than an epoch of small data): each value is cloned instead. A
-        member's candidates are its own figures of the epoch."""
+        member's candidates are its own figures of the epoch that the monitor and the file name
+        use."""
         if self.member is None:
             metrics = trainer.callback_metrics
         else:
-            metrics = {k: torch.tensor(v) for k, v in trainer.lightning_module.epoch_log[self.member].items()}
+            figures = trainer.lightning_module.epoch_log[self.member]
+            named = {self.monitor, *re.findall(r"{([^}:]+)", self.filename or "")}
+            metrics = {k: torch.tensor(v) for k, v in figures.items() if k in named}
         candidates = {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in metrics.items()}
         epoch, step = candidates.get("epoch"), candidates.get("step")
         candidates["epoch"] = (
@@ -493,15 +537,6 @@ class EpochCheckpoint(ModelCheckpoint):
             return None
         candidate = Path(self.dirpath) / name
         return str(candidate) if candidate.is_file() else None
-
-    def _remove_checkpoint(self, trainer, filepath: str) -> None:
-        """Remove ``filepath`` only if it lies directly in this run's checkpoint folder (and is a
-        file: :meth:`AtomicCheckpointIO.remove_checkpoint` looks, in order with the writes)."""
-        inside = self.dirpath is not None and os.path.realpath(Path(filepath).parent) == os.path.realpath(
-            self.dirpath
-        )
-        if inside:
-            super()._remove_checkpoint(trainer, filepath)
 
 
 def _remove_file(path: Path) -> None:
