@@ -192,7 +192,7 @@ def test_the_module_trains_the_same_run_natively_and_in_torch(batch_size, caplog
             {"optimizer": functools.partial(torch.optim.SGD, lr=0.5)},
             "SGD is not an optimizer of mlp_torch.optim",
         ),
-        ({"hidden_sizes": [1000]}, "is not small"),  # 1,078 x 64 x 1,000 multiply-adds: BLAS's
+        ({"hidden_sizes": [100]}, "is BLAS's size"),  # the full batch: 1,078 x 64 x 100 multiply-adds
     ],
 )
 def test_the_torch_loop_trains_what_the_native_one_does_not_cover(settings, why, caplog):

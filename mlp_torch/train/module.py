@@ -71,7 +71,7 @@ from mlp_torch.model.optim import GradientDescent, HeavyBall, Momentum
 from mlp_torch.train import loop
 from mlp_torch.train.distributed import max_over_ranks, shard, sum_over_ranks, update_shards
 from mlp_torch.train.events import RunEvents
-from mlp_torch.train.threads import SMALL_PRODUCT, choose_num_threads, largest_product, use_threads
+from mlp_torch.train.threads import choose_num_threads, largest_product, use_threads
 
 __all__ = ["CrossCheckError", "MLPModule", "MemberStatus", "default_optimizer"]
 
@@ -538,7 +538,7 @@ class MLPModule(L.LightningModule):
         from mlp_torch.train import native
 
         hp, world = self.hparams, self._rank_and_world()[1]
-        product = largest_product(self.net.sizes, rows, self.n_members)
+        product = largest_product(self.net.sizes, rows)  # one member's: the loop takes them one by one
         if not hp.native:
             return "--model.native false"
         if not native.available():
@@ -555,8 +555,8 @@ class MLPModule(L.LightningModule):
             return f"{type(opt).__name__} is not an optimizer of mlp_torch.optim"
         if not _unhooked(opt):
             return "a step hook is registered"
-        if product >= SMALL_PRODUCT:
-            return f"an update's largest matrix product, {product:,} multiply-adds, is not small"
+        if product >= native.NATIVE_PRODUCT:
+            return f"an update's largest matrix product, {product:,} multiply-adds, is BLAS's size"
         return ""
 
     def _native_updates(self, x: Tensor, y: Tensor, z_out: Tensor, sums: Tensor, starts: list[int],
