@@ -1,6 +1,19 @@
 """mlp_torch: the textbook sigmoid multilayer perceptron, with every backprop equation written
 out, checked against autograd and finite differences, and trained with the notes' optimizers.
 
+Train from Python as ``mlp-torch fit`` does (any of its options by name; runs go to
+``lightning_logs/``)::
+
+    import mlp_torch
+    run = mlp_torch.fit(dataset="iris", max_epochs=30)   # or fit("notes"): a shipped config
+    run.test                       # {"test/acc": ..., "test/J": ...}, the best checkpoint's
+    run.history["val/J"]           # per epoch, to plot J
+    run.module, run.log_dir        # the trained MLPModule (run.module.net: the SigmoidMLP)
+
+The equations one by one: ``SigmoidMLP`` (forward pass), ``objective`` (J), ``manual_gradients``
+(backpropagation), ``gradient_check`` (against autograd and finite differences),
+``mlp_torch.optim`` (``GradientDescent``, the notes' damped ``Momentum``).
+
 The names below are imported on first use (PEP 562), so that ``mlp-torch --help`` does not pay
 for importing PyTorch.
 """
@@ -9,12 +22,14 @@ import importlib
 
 _HOMES = {  # public name -> the module that defines it
     "COSTS": "mlp_torch.model.costs",
+    "FitResult": "mlp_torch.cli.api",
     "INITS": "mlp_torch.model.network",
     "MLPDataModule": "mlp_torch.data",
     "MLPModule": "mlp_torch.train.module",
     "GradientCheckReport": "mlp_torch.model.gradcheck",
     "SigmoidMLP": "mlp_torch.model.network",
     "autograd_gradients": "mlp_torch.model.backprop",
+    "fit": "mlp_torch.cli.api",
     "gradient_check": "mlp_torch.model.gradcheck",
     "manual_gradients": "mlp_torch.model.backprop",
     "objective": "mlp_torch.model.backprop",

@@ -69,3 +69,48 @@ def test_missing_or_unknown_subcommand_is_one_line_exit_2(args, expected, capsys
 def test_subcommand_help_still_comes_from_lightning_cli(capsys):
     assert main(["fit", "--help"]) == 0
     assert "--model.hidden_sizes" in capsys.readouterr().out
+
+
+def test_configs_lists_every_shipped_config_in_one_line_each(capsys):
+    from mlp_torch.cli.command import shipped_configs
+
+    assert main(["configs"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[0] for line in lines] == list(shipped_configs()) and len(lines) >= 9
+    assert all(len(line.split(maxsplit=1)[1]) > 10 and len(line) <= 110 for line in lines)
+    assert main(["configs", "extra"]) == 2
+
+
+def test_a_shipped_config_by_name_runs_from_an_empty_folder_in_a_non_editable_install(tmp_path):
+    """The package built as a wheel and unpacked (no editable link to this checkout): `fit
+    --config xor` finds the YAML in the package; an unknown name is one line, exit 2."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    root, source = Path(__file__).resolve().parents[1], tmp_path / "source"  # a copy: builds leave build/
+    shutil.copytree(root / "mlp_torch", source / "mlp_torch", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "wheel"), str(source)], capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("mlp_torch-*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = (
+        "import sys, mlp_torch\n"
+        f"assert mlp_torch.__file__.startswith({str(tmp_path / 'site')!r}), mlp_torch.__file__\n"
+        "from mlp_torch.cli.command import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}
+    run = [sys.executable, "-c", code, "fit", "--config", "xor", "--trainer.max_epochs", "2",
+           "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    proc = subprocess.run(run, cwd=empty, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "mlp-torch fit: done" in proc.stdout and (empty / "lightning_logs" / "version_0").is_dir()
+    proc = subprocess.run([*run[:5], "nope"], cwd=empty, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "shipped: batch, default" in proc.stderr

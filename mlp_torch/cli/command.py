@@ -12,15 +12,25 @@ run that fails (non-finite J, failed cross-check) ends with one line and exit co
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from argparse import ArgumentError
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 from mlp_torch.cli import PROG
 
-__all__ = ["HELP", "SUBCOMMANDS", "gradcheck", "main", "run_reporting_errors"]
+__all__ = [
+    "HELP",
+    "SUBCOMMANDS",
+    "gradcheck",
+    "main",
+    "resolve_configs",
+    "run_reporting_errors",
+    "shipped_configs",
+]
 
 SUBCOMMANDS = {  # name -> what it does, as the top-level help lists it
     "fit": "train a network, test its best checkpoint (lowest val/J), print a summary",
@@ -29,6 +39,7 @@ SUBCOMMANDS = {  # name -> what it does, as the top-level help lists it
     "predict": "write a checkpoint's predictions for the test split to predictions.csv",
     "gradcheck": "check hand-written backprop against autograd and finite differences",
     "sweep": "train a grid of fit settings at once (--grid KEY=[v1, v2, ...]), table sorted by val",
+    "configs": "list the shipped configs (--config NAME), one line each",
 }
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 HELP = f"""usage: {PROG} [-h] {{{",".join(SUBCOMMANDS)}}} ...
@@ -44,7 +55,8 @@ options:
 
 examples:
   {PROG} fit                                  train the default network on digits
-  {PROG} fit --config configs/xor.yaml        a shipped config (configs/)
+  {PROG} fit --config notes                   a shipped config by name (see {PROG} configs)
+  {PROG} fit --config my.yaml                 a config file of your own
   {PROG} predict --ckpt_path last             predictions of the newest run's last checkpoint
   {PROG} gradcheck --cost cross_entropy       the three-way gradient check
   {PROG} sweep --grid "model.optimizer.lr=[0.3, 1, 3]" --grid "seed_everything=[0, 1]"
@@ -132,6 +144,11 @@ def _run(args: list[str], from_command_line: bool) -> int:
         return 0
     if args[0] == "gradcheck":
         return _gradcheck_cli(args[1:])
+    if args[0] == "configs":
+        return _configs_cli(args[1:])
+    args = resolve_configs(args)
+    if from_command_line:
+        sys.argv[1:] = args  # LightningCLI reads sys.argv itself
     if args[0] == "sweep":
         check_config_files(args)
         from mlp_torch.cli.sweep import sweep_main  # imports Lightning
@@ -160,6 +177,58 @@ def _run(args: list[str], from_command_line: bool) -> int:
                 "resume with --ckpt_path last"
             ) from None
         raise
+    return 0
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # package data: the shipped YAMLs
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The shipped configs by name (``notes`` for ``mlp_torch/configs/notes.yaml``)."""
+    return {path.stem: path for path in sorted(CONFIGS.glob("*.yaml"))}
+
+
+def resolve_configs(args: list[str]) -> list[str]:
+    """``args`` with each ``--config NAME`` of a shipped config replaced by its file's path.
+
+    A path that exists is kept as it is (a file of yours wins over a shipped config of the same
+    name); a bare name that is neither a file nor a shipped config raises ``ValueError``."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg in ("--config", "-c") and i + 1 < len(out):
+            out[i + 1] = _config_path(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + _config_path(arg.partition("=")[2])
+    return out
+
+
+def _config_path(value: str) -> str:
+    if os.path.exists(value) or not _NAME.fullmatch(value):
+        return value  # a file, or a YAML string
+    shipped = shipped_configs()
+    name = value.removesuffix(".yaml").removesuffix(".yml")
+    if name in shipped:
+        return str(shipped[name])
+    raise ValueError(
+        f"--config {value}: no such file and no shipped config of that name; shipped: "
+        f"{', '.join(shipped)} ({PROG} configs describes them)"
+    )
+
+
+def _configs_cli(args: list[str]) -> int:
+    if args and args[0] in ("-h", "--help"):
+        print(f"usage: {PROG} configs\n\n{SUBCOMMANDS['configs']}: {PROG} fit --config NAME runs one")
+        return 0
+    if args:
+        raise ArgumentError(None, f"{PROG} configs takes no arguments (got {' '.join(args)})")
+    shipped = shipped_configs()
+    width = max(map(len, shipped))
+    print(f"shipped configs ({CONFIGS}); run one with {PROG} fit --config NAME:")
+    for name, path in shipped.items():
+        with open(path, encoding="utf-8") as f:
+            summary = f.readline().removeprefix("#").strip()
+        print(f"  {name:<{width}}  {summary}")
     return 0
 
 

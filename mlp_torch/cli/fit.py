@@ -58,10 +58,16 @@ class MLPCLI(LightningCLI):
     checkpoints and run folders handled by :mod:`mlp_torch.train.checkpoints`.
 
     ``dry_run=True``: parse, build and check as the subcommand would, and stop before it
-    creates, locks or writes anything."""
+    creates, locks or writes anything. ``callbacks``: more trainer callbacks, given as objects
+    (:func:`mlp_torch.fit` passes its :class:`~mlp_torch.train.callbacks.History`). After ``fit``,
+    ``result`` holds what the summary says (``test``, ``best``, ``log_dir``, ``stopped``, ...)."""
 
-    def __init__(self, *args, dry_run: bool = False, **kwargs) -> None:
+    def __init__(
+        self, *args, dry_run: bool = False, callbacks: list[Callback] | None = None, **kwargs
+    ) -> None:
         self.dry_run = dry_run
+        self.extra_callbacks = list(callbacks or [])
+        self.result: dict | None = None
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -92,7 +98,8 @@ class MLPCLI(LightningCLI):
         """The trainer, with :class:`EpochProgressBar` as its progress bar unless the bar is off
         (``--trainer.enable_progress_bar false``) or another one is given."""
         config = self._get(self.config_init, "trainer", default={})
-        callbacks = list(config.get("callbacks") or [])
+        callbacks = [*(config.get("callbacks") or []), *self.extra_callbacks]
+        kwargs["callbacks"] = callbacks
         if config.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):
@@ -311,6 +318,8 @@ class MLPCLI(LightningCLI):
         print0(
             fit_summary(test, rises, largest_rise, epochs, why, full, best, seconds, trainer.log_dir or ".")
         )
+        self.result = {"test": {k: float(v) for k, v in test.items()}, "best": best, "log_dir": log_dir,
+                       "stopped": why, "epochs": epochs, "seconds": seconds}  # fmt: skip
 
     def after_predict(self) -> None:
         """Write the test split's predictions to ``predictions.csv`` in the run's log folder
@@ -568,14 +577,16 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
-def make_cli(args: list[str] | None, run: bool = True, dry_run: bool = False) -> MLPCLI:
+def make_cli(
+    args: list[str] | None, run: bool = True, dry_run: bool = False, callbacks: list[Callback] | None = None
+) -> MLPCLI:
     """The ``mlp-torch`` LightningCLI on ``args`` (``None``: ``sys.argv``). ``run=False`` only
     builds the model, data and trainer (no subcommand), as ``scripts/cv.py`` does; ``dry_run``
     makes every check a subcommand makes before it writes anything, then stops (as
     ``--print_config`` needs: it prints only a config that would run)."""
     quiet_lightning()
     try:
-        return _make_cli(args, run, dry_run)
+        return _make_cli(args, run, dry_run, callbacks)
     except MisconfigurationException as err:  # Lightning's word for a bad trainer or callback value
         raise ValueError(str(err)) from None
     except ArgumentError as err:
@@ -588,7 +599,7 @@ def make_cli(args: list[str] | None, run: bool = True, dry_run: bool = False) ->
         ) from None
 
 
-def _make_cli(args: list[str] | None, run: bool, dry_run: bool) -> MLPCLI:
+def _make_cli(args: list[str] | None, run: bool, dry_run: bool, callbacks: list[Callback] | None) -> MLPCLI:
     return MLPCLI(
         MLPModule,
         MLPDataModule,
@@ -613,4 +624,5 @@ def _make_cli(args: list[str] | None, run: bool, dry_run: bool) -> MLPCLI:
         args=args,
         run=run,
         dry_run=dry_run,
+        callbacks=callbacks,
     )

@@ -329,3 +329,21 @@ def _number_or_none(state: dict, key: str) -> float | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise ValueError(f"{key} must be a number or None, got {type(value).__name__}")
     return value
+
+
+class History(Callback):
+    """The figures each epoch logs (``train/J``, ``val/J``, ``val/acc`` or ``val/mse``, ...), kept in
+    memory: ``history["epoch"]`` and one list per name, as :func:`mlp_torch.fit` returns them to
+    plot J from Python. Names are the scalars without a member suffix; only the first member's."""
+
+    NAMES = ("train/J", "val/J", "val/acc", "val/mse", "lr")
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {"epoch": []}
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        self.history["epoch"].append(trainer.current_epoch)
+        for name in self.NAMES:
+            if name in metrics:
+                self.history.setdefault(name, []).append(float(metrics[name]))
