@@ -92,3 +92,79 @@ def test_predict_from_the_best_checkpoint(tmp_path):
     loaded = rf"Loaded model weights from the checkpoint at \S*version_0/checkpoints/{best}"
     assert re.search(loaded, out), out
     assert "predictions of the test split written to" in out
+
+
+def _predict_file(tmp_path, capsys, *args) -> list[dict]:
+    from mlp_torch.cli.command import main
+
+    assert main(["predict", "--ckpt_path", "best", *args, *QUIET]) == 0
+    path = re.search(r"written to (\S+)", capsys.readouterr().out).group(1)
+    return list(csv.DictReader(io.StringIO((tmp_path / path).read_text())))
+
+
+def test_predict_file_rows_equal_the_test_splits_predictions_in_any_column_order(
+    tmp_path, monkeypatch, capsys
+):
+    """A user's CSV: its test rows written again with the columns reversed and every other label
+    blank predict exactly what `predict` gives for the test split; one output row per input row."""
+    from mlp_torch.cli.command import main
+
+    monkeypatch.chdir(tmp_path)
+    bunch = load_wine()
+    names = [f"f{j}" for j in range(bunch.data.shape[1])]
+    labels = np.asarray(["barolo", "grignolino", "barbera"])[bunch.target]
+    with open("wine.csv", "w", newline="") as f:
+        csv.writer(f).writerows([[*names, "kind"], *([*x, t] for x, t in zip(bunch.data.tolist(), labels))])
+    data = ["--data.dataset", "wine.csv", "--data.target", "kind"]
+    assert main(["fit", *data, "--trainer.max_epochs", "20", *QUIET]) == 0
+    capsys.readouterr()
+    test = _predict_file(tmp_path, capsys)
+    with open("new.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["kind", *names[::-1]])
+        for i, r in enumerate(test):
+            w.writerow([r["target"] if i % 2 else "", *bunch.data[int(r["row"])].tolist()[::-1]])
+    new = _predict_file(tmp_path, capsys, "--data.predict_file", "new.csv")
+    assert [int(r["row"]) for r in new] == list(range(len(test))) and list(new[0]) == list(test[0])
+    for i, (a, b) in enumerate(zip(test, new)):
+        assert [a[k] for k in a if k.startswith("p_")] == [b[k] for k in b if k.startswith("p_")]
+        assert a["predicted"] == b["predicted"] and b["target"] == (a["target"] if i % 2 else "")
+
+
+def test_predict_file_for_a_built_in_set_and_regression_without_targets(tmp_path, monkeypatch, capsys):
+    from mlp_torch.cli.command import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--data.dataset", "sine", "--trainer.max_epochs", "5", *QUIET]) == 0
+    capsys.readouterr()
+    (tmp_path / "x.csv").write_text("x\n0.5\n-1\n2\n")
+    rows = _predict_file(tmp_path, capsys, "--data.predict_file", "x.csv")
+    assert [r["row"] for r in rows] == ["0", "1", "2"] and all(r["target_0"] == "" for r in rows)
+    np.savez(tmp_path / "x.npz", x=np.array([[0.5], [-1.0], [2.0]]), target=np.array([0.1, 0.2, 0.3]))
+    again = _predict_file(tmp_path, capsys, "--data.predict_file", "x.npz")
+    assert [r["predicted_0"] for r in again] == [r["predicted_0"] for r in rows]
+    assert [float(r["target_0"]) for r in again] == [0.1, 0.2, 0.3]
+
+
+BAD_FILES = [
+    ("a,b,c,d,target\n1,2,3,4,nonsense\n", "'nonsense', not a class the network was trained on"),
+    ("a,b,c\n1,2,3\n", "has 3 input columns (besides 'target') but the network takes 4"),
+    ("a,b,c,d\n1,2,x,4\n", "column 3 of 4 is not numeric on line 2"),
+    ("a,b,c,d\n", "needs a header row naming the columns, then at least one row"),
+]
+
+
+def test_a_bad_predict_file_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from mlp_torch.cli.command import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--data.dataset", "iris", "--trainer.max_epochs", "2", *QUIET]) == 0
+    for content, message in BAD_FILES:
+        (tmp_path / "new.csv").write_text(content)
+        capsys.readouterr()
+        assert main(["predict", "--ckpt_path", "last", "--data.predict_file", "new.csv", *QUIET]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "predict_file 'new.csv'" in err and err.count("\n") == 1, err
+    assert not list(tmp_path.glob("lightning_logs/*/predict/*.csv"))
+    assert main(["fit", "--data.dataset", "iris", "--data.predict_file", "new.csv"]) == 2
+    assert "--data.predict_file is for mlp-torch predict" in capsys.readouterr().err

@@ -322,7 +322,8 @@ class MLPCLI(LightningCLI):
                        "stopped": why, "epochs": epochs, "seconds": seconds}  # fmt: skip
 
     def after_predict(self) -> None:
-        """Write the test split's predictions to ``predictions.csv`` in the run's log folder
+        """Write the predictions (of the test split, or of --data.predict_file's rows) to
+        ``predictions.csv`` in the run's log folder
         (``predictions-1.csv``, ``-2``, ... when earlier ones are there: none is overwritten)."""
         batches = self.trainer.predict_loop.predictions or []
         if not batches or not self.trainer.is_global_zero:  # under DDP every rank predicts the whole split
@@ -334,13 +335,15 @@ class MLPCLI(LightningCLI):
             n += 1
             path = folder / f"predictions-{n}.csv"
         write_predictions(path, outputs, self.datamodule)
-        print(f"mlp-torch predict: {len(outputs)} predictions of the test split written to {path}")
+        print(
+            f"mlp-torch predict: {len(outputs)} predictions of {self.datamodule.predicting} written to {path}"
+        )
 
 
 # Settings a checkpoint does not set: linked from the data or from --seed_everything.
 NOT_FROM_CHECKPOINT = {
     "model": {"n_inputs", "n_outputs", "task", "target_low", "target_high", "seed"},
-    "data": {"dtype", "seed"},
+    "data": {"dtype", "seed", "predict_file"},
 }
 # the model's and the data's class paths a checkpoint may name (those of earlier layouts too)
 CHECKPOINT_CLASSES = {
@@ -459,6 +462,11 @@ SUPPORTED_PRECISIONS = (None, "32-true", "32", 32)
 def _check_settings(subcommand: str, config, state: dict | None) -> None:
     """Trainer values that Lightning would only reject with a traceback, or too late."""
     trainer = config.trainer
+    if subcommand != "predict" and (config.get("data") or {}).get("predict_file") is not None:
+        raise ValueError(
+            f"--data.predict_file is for mlp-torch predict (it names rows to predict); {subcommand} uses "
+            "--data.dataset: leave --data.predict_file out"
+        )
     max_epochs = trainer.get("max_epochs")
     if max_epochs is not None and (isinstance(max_epochs, bool) or max_epochs < -1 or max_epochs == 0):
         raise ValueError(f"--trainer.max_epochs={max_epochs!r} must be an integer >= 1 (or -1: no limit)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mlp_torch.data import MLPDataModule, from_unit_range
+from mlp_torch.data import MLPDataModule
 from mlp_torch.train.callbacks import Convergence
 from mlp_torch.train.events import RunEvents
 from mlp_torch.train.module import MemberStatus, MLPModule
@@ -181,28 +181,31 @@ def sweep_table(rows: list[dict[str, object]], metric: str, diverged: list[str],
 
 
 def write_predictions(path: Path, outputs: torch.Tensor, dm: MLPDataModule) -> None:
-    """``predictions.csv`` for the test split, ``\\n`` line endings, one row per example; created
-    anew (an existing file is never overwritten).
+    """``predictions.csv`` for what ``predict`` predicted (the test split, or the rows of
+    ``--data.predict_file``), ``\\n`` line endings, one row per example; created anew (an existing
+    file is never overwritten).
 
     ``row`` is the example's row in the original data set (its data row in the user's file, header
-    not counted; its index in a built-in set). Classification (``outputs`` ``(n, k)``, the sigmoid
-    outputs): ``predicted`` and ``target`` as class names, then ``p_<class>`` per class, the
-    outputs divided by their sum (each row sums to 1; the largest is the predicted class).
-    Regression (``outputs`` ``(n, k)`` in the target's units): ``predicted_j`` and ``target_j``
-    per output.
+    not counted, from 0; its index in a built-in set). Classification (``outputs`` ``(n, k)``, the
+    sigmoid outputs): ``predicted`` and ``target`` as class names (``target`` blank where a file
+    gives none), then ``p_<class>`` per class, the outputs divided by their sum (each row sums to 1;
+    the largest is the predicted class). Regression (``outputs`` ``(n, k)`` in the target's units):
+    ``predicted_j`` and ``target_j`` per output.
     """
-    rows = dm.rows_test.cpu().tolist()
+    rows, targets = dm.prediction_targets()
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("x", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         if dm.task == "classification":
             p = outputs / outputs.sum(dim=1, keepdim=True)  # (n, k)
             writer.writerow(["row", "predicted", "target", *(f"p_{c}" for c in dm.classes)])
-            for r, k, t, probs in zip(rows, p.argmax(dim=1).tolist(), dm.labels_test.tolist(), p.tolist()):
-                writer.writerow([r, dm.classes[k], dm.classes[t], *(f"{q:.6g}" for q in probs)])
+            for r, k, t, probs in zip(rows, p.argmax(dim=1).tolist(), targets, p.tolist()):
+                writer.writerow(
+                    [r, dm.classes[k], "" if t is None else dm.classes[t], *(f"{q:.6g}" for q in probs)]
+                )
         else:
             k = range(outputs.shape[1])
-            target = from_unit_range(dm.y_test.cpu(), dm.target_low, dm.target_high)  # (n, k)
             writer.writerow(["row", *(f"predicted_{j}" for j in k), *(f"target_{j}" for j in k)])
-            for r, p, t in zip(rows, outputs.tolist(), target.tolist()):
-                writer.writerow([r, *(f"{v:.6g}" for v in p), *(f"{v:.6g}" for v in t)])
+            for r, p, t in zip(rows, outputs.tolist(), targets):
+                known = [f"{v:.6g}" for v in t] if t is not None else [""] * len(k)
+                writer.writerow([r, *(f"{v:.6g}" for v in p), *known])

@@ -263,3 +263,100 @@ def check_regular_file(dataset: str) -> None:
         kinds = {stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISCHR: "a device", stat.S_ISBLK: "a device"}
         kind = next((name for test, name in kinds.items() if test(mode)), "a special file")
         raise DataError(f"{what} is {kind}, not a regular file; give a .csv or .npz file")
+
+
+def csv_header(path: str | Path) -> list[str]:
+    """The names in a CSV file's header row (its first non-blank line), stripped."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            return next(([name.strip() for name in row] for row in csv.reader(file) if row), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise DataError(f"cannot be read as UTF-8 CSV text ({why})") from None
+
+
+def read_new_rows(
+    path: str | Path, n_features: int, target: str, inputs: list[str] | None
+) -> tuple[np.ndarray, list[str | None] | list[list[float] | None]]:
+    """Read rows to predict: inputs like the training data's, the target optional.
+
+    A ``.csv`` has a header row. With ``inputs`` (the training file's input columns) each of them
+    is found by name, in any order; otherwise every column but ``target`` is an input, in order.
+    The column ``target`` may be missing or blank on any row. A ``.npz`` has ``x`` ``(n, ...)``
+    (flattened to ``n_features``) and optionally ``target`` ``(n,)`` or ``(n, k)``.
+
+    Returns:
+        ``x`` ``(n, n_features)`` float64 and each row's raw target: text (``None`` when blank) for a
+        CSV; for a ``.npz`` its values as text (one per row) or a list of numbers (``(n, k)``).
+    """
+    if str(path).endswith(".npz"):
+        return _read_new_npz(path, n_features, target)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.reader(file)
+            rows = [(reader.line_num, row) for row in reader if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise DataError(f"cannot be read as UTF-8 CSV text ({why})") from None
+    if len(rows) < 2:
+        raise DataError("needs a header row naming the columns, then at least one row to predict")
+    header = [name.strip() for name in rows[0][1]]
+    for j, name in enumerate(header):
+        if header.index(name) != j:
+            raise DataError(
+                f"its header row names two columns alike ({name!r}); give every column its own name"
+            )
+    t = header.index(target) if target in header else None
+    if inputs is None:
+        picks = [j for j in range(len(header)) if j != t]
+        if len(picks) != n_features:
+            raise DataError(
+                f"has {len(picks)} input columns (besides {target!r}) but the network takes {n_features}; "
+                "give the training data's inputs, in its order"
+            )
+    else:
+        missing = [name for name in inputs if name not in header]
+        extra = [name for j, name in enumerate(header) if name not in inputs and j != t]
+        if missing or extra:
+            what = f"lacks the input column {missing[0]!r}" if missing else f"has a column {extra[0]!r}"
+            raise DataError(
+                f"{what}, and its columns must be the training file's inputs ({', '.join(inputs)}) "
+                f"and optionally its target {target!r}"
+            )
+        picks = [header.index(name) for name in inputs]
+    x = np.empty((len(rows) - 1, len(picks)))  # (n, d)
+    targets: list[str | None] = []
+    for i, (line, row) in enumerate(rows[1:]):
+        if len(row) != len(header):
+            raise DataError(
+                f"line {line} has {len(row)} fields but the header has {len(header)}; fix that row"
+            )
+        for j, column in enumerate(picks):
+            x[i, j] = _parse_input(row[column], column + 1, len(header), line)
+        targets.append(row[t].strip() or None if t is not None else None)
+    return x, targets
+
+
+def _read_new_npz(path, n_features: int, target: str):
+    arrays = _read_arrays(path)
+    if "x" not in arrays:
+        raise DataError(f"has no array 'x' (the inputs); available arrays: {', '.join(arrays) or 'none'}")
+    x = arrays["x"]
+    if x.ndim < 1 or len(x) == 0 or x.dtype.kind not in "biuf" or x[0].size != n_features:
+        raise DataError(
+            f"array 'x' must hold numbers, one row of {n_features} inputs per example "
+            f"(as the network takes), got dtype {x.dtype} and shape {x.shape}"
+        )
+    x = x.reshape(len(x), -1).astype(np.float64)
+    if not np.isfinite(x).all():
+        raise DataError(f"array 'x' has a non-finite value in row {np.argwhere(~np.isfinite(x))[0][0]}")
+    y = arrays.get(target)
+    if y is None:
+        return x, [None] * len(x)
+    if len(y) != len(x) or y.ndim not in (1, 2) or y.dtype.kind not in "biufU":
+        raise DataError(
+            f"array {target!r} must hold one target per row of 'x' ({len(x)}), got shape {y.shape}"
+        )
+    if y.ndim == 2 and y.shape[1] > 1:
+        return x, [[float(v) for v in row] for row in y]
+    return x, [str(int(v)) if y.dtype.kind == "b" else str(v) for v in y.reshape(len(y))]

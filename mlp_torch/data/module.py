@@ -22,8 +22,22 @@ from mlp_torch.data.base import (
     TASKS,
     DataError,
 )
-from mlp_torch.data.files import check_regular_file, read_csv, read_npz, read_npz_splits
-from mlp_torch.data.prepare import encode_targets, scale_inputs, scaling_stats, split_indices, to_unit_range
+from mlp_torch.data.files import (
+    check_regular_file,
+    csv_header,
+    read_csv,
+    read_new_rows,
+    read_npz,
+    read_npz_splits,
+)
+from mlp_torch.data.prepare import (
+    encode_targets,
+    from_unit_range,
+    scale_inputs,
+    scaling_stats,
+    split_indices,
+    to_unit_range,
+)
 from mlp_torch.data.sources import BUILTIN_LOADERS, GENERATED_TASKS, make_sine, make_xor
 
 
@@ -163,8 +177,18 @@ class MLPDataModule(LightningDataModule):
         cv_fold: int = 0,
         streaming: Literal["auto", "on", "off"] = "auto",
         memory_budget_mb: float | None = None,
+        predict_file: str | None = None,
     ):
         super().__init__()
+        if predict_file is not None:
+            if not (isinstance(predict_file, str) and predict_file.endswith(FILE_SUFFIXES)):
+                raise ValueError(f"predict_file={predict_file!r} must be the path of a .csv or .npz file")
+            try:
+                check_regular_file(predict_file)
+            except DataError as err:
+                raise DataError(f"--data.predict_file: {err}") from None
+        self.predict_file = predict_file
+        self._new_rows: tuple[Tensor, list] | None = None
         _check_arguments(dataset, target, task, val_fraction, test_fraction, seed, n_samples, noise, dtype)
         _check_folds(cv_folds, cv_fold)
         if streaming not in STREAMING:
@@ -254,6 +278,8 @@ class MLPDataModule(LightningDataModule):
         """Load the data (once) and move it to the trainer's device (once), if there is one;
         a streamed training split stays in host memory (see :meth:`chunk_rows`)."""
         splits = self._load()
+        if stage == "predict" and self.predict_file is not None:
+            self._read_new_rows()  # a bad file is refused before the checkpoint is loaded
         if self.trainer is not None:
             device = self.trainer.strategy.root_device
             self.train_chunk_rows = self.chunk_rows(device)
@@ -306,8 +332,75 @@ class MLPDataModule(LightningDataModule):
         return _one_batch_loader(self.x_test, self.y_test)
 
     def predict_dataloader(self) -> _WholeSplit | list:
-        """The test split with its targets, ``Batch(x_test, y_test)``, like the test loader."""
-        return _one_batch_loader(self.x_test, self.y_test)
+        """The test split with its targets, ``Batch(x_test, y_test)``, like the test loader; with
+        ``predict_file``, that file's rows, scaled as the training split was (their targets, if
+        any, are those of :meth:`prediction_targets`)."""
+        if self.predict_file is None:
+            return _one_batch_loader(self.x_test, self.y_test)
+        x, _ = self._read_new_rows()
+        return _one_batch_loader(x, x.new_zeros((len(x), 0)))
+
+    @property
+    def predicting(self) -> str:
+        """What ``predict`` predicts: "the test split" or the file's name."""
+        return "the test split" if self.predict_file is None else self.predict_file
+
+    def prediction_targets(self) -> tuple[list[int], list]:
+        """``(rows, targets)`` of what ``predict`` predicts: each example's row (in the data set,
+        or the data row in ``predict_file``, from 0) and its target: a class index
+        (classification) or the target values in their units (regression), ``None`` if unknown."""
+        if self.predict_file is not None:
+            _, targets = self._read_new_rows()
+            return list(range(len(targets))), targets
+        rows = self.rows_test.cpu().tolist()
+        if self.task == "classification":
+            return rows, self.labels_test.cpu().tolist()
+        return rows, from_unit_range(self.y_test.cpu(), self.target_low, self.target_high).tolist()
+
+    def _read_new_rows(self) -> tuple[Tensor, list]:
+        """``predict_file``'s inputs, scaled as training's ``(n, d)``, and its encoded targets."""
+        if self._new_rows is None:
+            splits = self._load()
+            inputs = None
+            if self.dataset.endswith(".csv"):
+                inputs = [name for name in csv_header(self.dataset) if name != self.target]
+            label = self.target or ("y" if self.dataset.endswith(".npz") else "target")
+            try:
+                x, raw = read_new_rows(self.predict_file, self.n_features, label, inputs)
+                targets = [None if t is None else self._encode_new_target(t, label) for t in raw]
+            except DataError as err:
+                raise DataError(f"predict_file {self.predict_file!r}: {err}") from None
+            x = torch.as_tensor(scale_inputs(x, *self._scaling), dtype=DTYPES[self.dtype])  # (n, d)
+            self._new_rows = (x.to(splits.x_val.device), targets)
+        return self._new_rows
+
+    def _encode_new_target(self, value, label: str):
+        """A target read from ``predict_file``: its class index, or its values (regression)."""
+        if self.task == "regression":
+            values = value if isinstance(value, list) else [value]
+            try:
+                numbers = [float(v) for v in values]
+            except ValueError:
+                raise DataError(f"its target {label!r} {value!r} is not a number") from None
+            if len(numbers) != self.n_outputs:
+                raise DataError(
+                    f"its target {label!r} has {len(numbers)} values, the network {self.n_outputs}"
+                )
+            return numbers
+        for k, name in enumerate(self.classes):
+            if str(name) == value:
+                return k
+        try:
+            number = float(value)
+            return next(
+                k for k, name in enumerate(self.classes) if not isinstance(name, str) and name == number
+            )
+        except (ValueError, StopIteration):
+            shown = ", ".join(map(str, self.classes[:10])) + (", ..." if len(self.classes) > 10 else "")
+            raise DataError(
+                f"its target {label!r} has {value[:40]!r}, not a class the network was trained on ({shown}); "
+                "leave it blank to predict without one"
+            ) from None
 
     def _load(self) -> _Splits:
         """Read, split, scale and encode the data set, the first time only."""
@@ -347,6 +440,7 @@ class MLPDataModule(LightningDataModule):
         splits = dict(zip(("train", "val", "test"), indices, strict=True))
         train = splits["train"]
         offset, scale = scaling_stats(x[train], self.scaling)
+        self._scaling = (offset, scale)  # float64, for predict_file's rows
         x = torch.as_tensor(scale_inputs(x, offset, scale), dtype=DTYPES[self.dtype])  # (n, d)
         targets = torch.as_tensor(targets)
         if task == "classification":
