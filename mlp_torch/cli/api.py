@@ -100,6 +100,7 @@ def fit(config: str | Path | None = None, **settings) -> FitResult:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # inside Lightning itself
             cli = make_cli(args, callbacks=[history])
     except (ArgumentError, TypeError, KeyError) as err:
         raise ValueError(" ".join(str(err).split()) or type(err).__name__) from None
