@@ -9,6 +9,7 @@ Train from Python as ``mlp-torch fit`` does (any of its options by name; runs go
     run.test                       # {"test/acc": ..., "test/J": ...}, the best checkpoint's
     run.history["val/J"]           # per epoch, to plot J
     run.module, run.log_dir        # the trained MLPModule (run.module.net: the SigmoidMLP)
+    mlp_torch.sweep({"lr": [0.3, 1, 3]}, dataset="iris").rows   # a grid at once, best first
 
 The equations one by one: ``SigmoidMLP`` (forward pass), ``objective`` (J), ``manual_gradients``
 (backpropagation), ``gradient_check`` (against autograd and finite differences),
@@ -28,11 +29,13 @@ _HOMES = {  # public name -> the module that defines it
     "MLPModule": "mlp_torch.train.module",
     "GradientCheckReport": "mlp_torch.model.gradcheck",
     "SigmoidMLP": "mlp_torch.model.network",
+    "SweepResult": "mlp_torch.cli.api",
     "autograd_gradients": "mlp_torch.model.backprop",
     "fit": "mlp_torch.cli.api",
     "gradient_check": "mlp_torch.model.gradcheck",
     "manual_gradients": "mlp_torch.model.backprop",
     "objective": "mlp_torch.model.backprop",
+    "sweep": "mlp_torch.cli.api",
 }
 __all__ = sorted(_HOMES)
 __version__ = "0.1.0"

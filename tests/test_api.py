@@ -69,3 +69,17 @@ def test_every_short_name_is_one_option():
     assert names["dataset"] == ["data.dataset"] and names["lr"] == ["model.optimizer.lr"]
     assert names["max_epochs"] == ["trainer.max_epochs"] and names["dtype"] == ["model.dtype"]
     assert all(len(where) == 1 for where in names.values()), {n: w for n, w in names.items() if len(w) > 1}
+
+
+def test_sweep_trains_the_grid_and_its_member_equals_the_same_fit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = mlp_torch.sweep({"lr": [0.5, 2.0]}, dataset="xor", max_epochs=4, enable_progress_bar=False)
+    assert sorted(row["member"] for row in grid.rows) == ["lr=0.5", "lr=2.0"]
+    assert (grid.folder / "results.csv").is_file() and grid.module.n_members == 2
+    run = mlp_torch.fit(dataset="xor", max_epochs=4, lr=2.0, enable_progress_bar=False)
+    (row,) = [row for row in grid.rows if row["member"] == "lr=2.0"]
+    assert row["val/J"] == pytest.approx(min(run.history["val/J"]), rel=1e-6)
+    with pytest.raises(ValueError, match="must be a list of the values"):
+        mlp_torch.sweep({"lr": 3}, dataset="xor")
+    with pytest.raises(ValueError, match="unknown setting 'lrr'"):
+        mlp_torch.sweep({"lrr": [3]}, dataset="xor")

@@ -1,8 +1,11 @@
-"""Training from Python: :func:`fit` is ``mlp-torch fit`` as a function.
+"""Training from Python: :func:`fit` is ``mlp-torch fit`` as a function, :func:`sweep` is
+``mlp-torch sweep``.
 
     >>> import mlp_torch
     >>> run = mlp_torch.fit(dataset="iris", max_epochs=30)    # doctest: +SKIP
     >>> run.test["test/acc"], run.log_dir                      # doctest: +SKIP
+    >>> grid = mlp_torch.sweep({"lr": [0.3, 1, 3]}, dataset="iris", max_epochs=30)  # doctest: +SKIP
+    >>> grid.rows[0]["member"], grid.folder                    # doctest: +SKIP
 
 The same engine as the command line runs (LightningCLI: its defaults, the data's widths and task
 linked into the model, the progress bar, the learning-rate diagnostics, the convergence stop,
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from mlp_torch.cli.command import check_config_files, resolve_configs
 
-__all__ = ["FitResult", "fit", "option_names"]
+__all__ = ["FitResult", "SweepResult", "fit", "option_names", "sweep"]
 
 # Options linked from another one (as the command line links them): set the source instead.
 _LINKED = {
@@ -118,6 +121,67 @@ def fit(config: str | Path | None = None, **settings) -> FitResult:
         epochs=result["epochs"],
         seconds=result["seconds"],
     )
+
+
+@dataclass
+class SweepResult:
+    """What :func:`sweep` returns.
+
+    Attributes:
+        rows: the sweep's table (``results.csv``), best first: ``rank``, ``member``, its grid
+            values, ``status``, ``epochs``, ``best_epoch``, ``val/...``, ``train/J``, ``J_rises``, and
+            the test figures of the best member only.
+        folder: the sweep's folder (``lightning_logs/sweep_N``): one run folder per member.
+        module: the :class:`~mlp_torch.MLPModule` of the K members, at their last weights.
+    """
+
+    rows: list[dict]
+    folder: Path
+    module: object
+
+    def __repr__(self) -> str:
+        best = self.rows[0]["member"] if self.rows else None
+        return f"SweepResult({len(self.rows)} members, best {best!r}; folder={str(self.folder)!r})"
+
+
+def sweep(
+    grid: dict[str, list], config: str | Path | None = None, sweep_dir: str | Path | None = None, **settings
+) -> SweepResult:
+    """Train a grid of settings at once as ``mlp-torch sweep`` does, from Python.
+
+    Args:
+        grid: each swept setting (named as in :func:`fit`) and its values, e.g.
+            ``{"lr": [0.3, 1, 3], "seed_everything": [0, 1]}`` (6 members).
+        config, **settings: what every member shares, as in :func:`fit`.
+        sweep_dir: the sweep's folder (default: the next ``lightning_logs/sweep_N``).
+
+    Raises:
+        ValueError: as :func:`fit`, and for a grid that is not ``{name: [values, ...]}``.
+    """
+    from mlp_torch.cli.sweep import build_sweep, parse_grid, run_sweep  # imports Lightning
+
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(
+            f"grid={grid!r} must be a dict of each swept setting's values, e.g. {{'lr': [0.3, 1, 3]}}"
+        )
+    specs = []
+    for name, values in grid.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(f"grid[{name!r}]={values!r} must be a list of the values to try")
+        specs.append(f"{_option(name)}={_as_argument(name, list(values))}")
+    args = [] if config is None else ["--config", str(config)]
+    for name, value in settings.items():
+        args += [f"--{_option(name)}", _as_argument(name, value)]
+    args = resolve_configs(args)
+    check_config_files(["sweep", *args])
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # inside Lightning itself
+            built = build_sweep(args, parse_grid(specs), None if sweep_dir is None else Path(sweep_dir))
+            rows = run_sweep(built)
+    except (ArgumentError, TypeError, KeyError) as err:
+        raise ValueError(" ".join(str(err).split()) or type(err).__name__) from None
+    return SweepResult(rows=rows, folder=built.folder, module=built.module)
 
 
 def option_names() -> dict[str, list[str]]:
