@@ -15,8 +15,9 @@ The equations one by one: ``SigmoidMLP`` (forward pass), ``objective`` (J), ``ma
 (backpropagation), ``gradient_check`` (against autograd and finite differences),
 ``mlp_torch.optim`` (``GradientDescent``, the notes' damped ``Momentum``).
 
-The names below are imported on first use (PEP 562), so that ``mlp-torch --help`` does not pay
-for importing PyTorch.
+The classes: ``SigmoidMLP`` (the network, an ``nn.Module``), ``MLPModule`` (the LightningModule that
+trains it), ``MLPDataModule`` (the data); ``help(mlp_torch.MLPModule)`` for each. The names are
+imported on first use (PEP 562), so that ``mlp-torch --help`` does not pay for importing PyTorch.
 """
 
 import importlib
@@ -37,7 +38,9 @@ _HOMES = {  # public name -> the module that defines it
     "objective": "mlp_torch.model.backprop",
     "sweep": "mlp_torch.cli.api",
 }
-__all__ = sorted(_HOMES)
+# help(mlp_torch) shows these; the classes built on nn.Module and Lightning (SigmoidMLP, MLPModule,
+# MLPDataModule) are left out of it, where their inherited methods would fill thousands of lines
+__all__ = sorted(set(_HOMES) - {"SigmoidMLP", "MLPModule", "MLPDataModule"})
 __version__ = "0.1.0"
 
 

@@ -83,3 +83,13 @@ def test_sweep_trains_the_grid_and_its_member_equals_the_same_fit(tmp_path, monk
         mlp_torch.sweep({"lr": 3}, dataset="xor")
     with pytest.raises(ValueError, match="unknown setting 'lrr'"):
         mlp_torch.sweep({"lrr": [3]}, dataset="xor")
+
+
+def test_help_of_the_package_says_how_to_train_in_a_few_hundred_lines():
+    import pydoc
+
+    text = pydoc.render_doc(mlp_torch, renderer=pydoc.plaintext)
+    assert "mlp_torch.fit(dataset=" in text and len(text.splitlines()) < 400
+    assert all(
+        hasattr(mlp_torch, name) for name in ("SigmoidMLP", "MLPModule", "MLPDataModule", "fit", "sweep")
+    )
