@@ -198,3 +198,29 @@ def test_bad_objective_settings_raise_value_error(kw, match):
     net = SigmoidMLP([3, 2], seed=0)
     with pytest.raises(ValueError, match=match):
         manual_gradients(net, torch.randn(2, 3), torch.rand(2, 2), **kw)
+
+
+def test_a_gradient_at_the_finite_differences_rounding_passes_and_a_wrong_one_still_fails(
+    monkeypatch, capsys
+):
+    """With reduction="sum" a bias gradient of ~3e-5 differs from float64 central differences by
+    their rounding (~4e-11 per entry: relative 1e-6, over the bound): it passes, marked "*"; the
+    same gradient 1% off is ten thousand times that rounding and fails."""
+    import mlp_torch.model.gradcheck as gradcheck
+    from mlp_torch.cli.command import gradcheck as gradcheck_command
+
+    args = dict(sizes=[2, 3, 3, 1], reduction="sum", l2=0.01, init="scaled_uniform")
+    assert gradcheck_command(**args)
+    out = capsys.readouterr().out
+    assert "layers.0.bias   3" in out and "FAIL" not in out  # "*" where rounding puts it over 1e-6
+
+    right = gradcheck.manual_gradients
+
+    def one_percent_off(*a, **kw):
+        grads = right(*a, **kw)
+        return {**grads, "layers.0.bias": grads["layers.0.bias"] * 1.01}
+
+    monkeypatch.setattr(gradcheck, "manual_gradients", one_percent_off)
+    assert not gradcheck_command(**args)
+    out = capsys.readouterr().out
+    assert "FAIL layers.0.bias: manual_vs_fd relative error" in out and "> rounding" in out

@@ -3,7 +3,10 @@
 Finite differences are always computed in float64 (on a float64 copy of the network and batch),
 whatever the dtype under test: ``dJ/dp ~ (J(p + eps) - J(p - eps)) / (2 eps)`` per entry.
 The relative error of two gradients ``g1, g2`` of one parameter is
-``||g1 - g2|| / max(||g1||, ||g2||, tiny)``.
+``||g1 - g2|| / max(||g1||, ||g2||, tiny)``. Against finite differences a parameter also passes
+when ``||g - g_fd||`` is within the differences' own rounding, ``fd_noise = 10 u |J| sqrt(n) / eps``
+(``u`` float64's unit roundoff, ``n`` the parameter's entries): a gradient as small as that noise
+(e.g. ~1e-5 with ``reduction="sum"``) cannot be checked relatively, while a wrong one still fails.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ TOLERANCES: dict[torch.dtype, dict[str, float]] = {
 }
 PAIRS = ("manual_vs_autograd", "manual_vs_fd", "autograd_vs_fd")
 _TINY = 1e-300
+UNIT_ROUNDOFF = 2.0**-53  # float64's: each J is computed to about this relative error (times a few)
 # Finite differences evaluate J twice per parameter: a check beyond these sizes runs for minutes.
 MAX_CHECKED_PARAMETERS = 100_000
 MAX_CHECK_WORK = 10**11  # multiply-adds of all those evaluations together (about a minute)
@@ -121,6 +125,15 @@ class ParameterCheck:
     shape: tuple[int, ...]
     max_abs: dict[str, float] = field(default_factory=dict)
     rel: dict[str, float] = field(default_factory=dict)
+    diff: dict[str, float] = field(default_factory=dict)  # ||g1 - g2||
+    fd_noise: float = 0.0  # the finite differences' rounding, ||.|| over the parameter's entries
+
+    def within(self, pair: str, tol: float) -> bool:
+        """Whether ``pair`` agrees: relative error within ``tol`` or, against finite differences,
+        the difference within their rounding (NaN fails)."""
+        if self.rel[pair] <= tol:
+            return True
+        return pair != "manual_vs_autograd" and self.diff[pair] <= self.fd_noise
 
 
 @dataclass
@@ -139,8 +152,15 @@ class GradientCheckReport:
                 tol = self.tolerances[
                     "manual_vs_autograd" if pair == "manual_vs_autograd" else "vs_finite_differences"
                 ]
-                if not pc.rel[pair] <= tol:  # NaN fails too
-                    out.append(f"{pc.name}: {pair} relative error {pc.rel[pair]:.3g} > {tol:g}")
+                if not pc.within(pair, tol):
+                    out.append(
+                        f"{pc.name}: {pair} relative error {pc.rel[pair]:.3g} > {tol:g}"
+                        + (
+                            f" and difference {pc.diff[pair]:.3g} > rounding {pc.fd_noise:.3g}"
+                            if "fd" in pair
+                            else ""
+                        )
+                    )
         return out
 
     @property
@@ -159,19 +179,30 @@ class GradientCheckReport:
         )
         lines = [head, "-" * len(head)]
         failed = {f.split(":")[0] for f in self.failures()}
+        tol = self.tolerances
+        rounded = False  # a relative error over its bound, the difference within FD's rounding
         for pc in self.parameters:
+            marks = {}
+            for pair in ("manual_vs_fd", "autograd_vs_fd"):
+                over = not pc.rel[pair] <= tol["vs_finite_differences"]
+                marks[pair] = "*" if over and pc.within(pair, tol["vs_finite_differences"]) else " "
+                rounded |= marks[pair] == "*"
             lines.append(
                 f"{pc.name:<16}{'x'.join(map(str, pc.shape)):<12}"
-                f"{pc.rel['manual_vs_autograd']:>18.2e}{pc.rel['manual_vs_fd']:>14.2e}"
-                f"{pc.rel['autograd_vs_fd']:>14.2e}{max(pc.max_abs.values()):>14.2e}  "
-                f"{'FAIL' if pc.name in failed else 'PASS'}"
+                f"{pc.rel['manual_vs_autograd']:>18.2e}{pc.rel['manual_vs_fd']:>13.2e}{marks['manual_vs_fd']}"
+                f"{pc.rel['autograd_vs_fd']:>13.2e}{marks['autograd_vs_fd']}"
+                f"{max(pc.max_abs.values()):>14.2e}  {'FAIL' if pc.name in failed else 'PASS'}"
             )
-        tol = self.tolerances
         lines.append(
             f"relative errors; {str(self.dtype).removeprefix('torch.')} tolerances: manual~autograd "
             f"<= {tol['manual_vs_autograd']:g}, vs finite differences (float64) <= "
             f"{tol['vs_finite_differences']:g}: {'PASS' if self.passed else 'FAIL'}"
         )
+        if rounded:
+            lines.append(
+                "* a gradient as small as the finite differences' rounding: the difference is within it "
+                "(10 u |J| sqrt(n) / eps)"
+            )
         return "\n".join(lines)
 
 
@@ -198,12 +229,21 @@ def gradient_check(
     auto = autograd_gradients(net, x, y, **kw)
     fd = finite_difference_gradients(net, x, y, eps=eps, **kw)
     dtype = net.weights[0].dtype
+    with torch.no_grad():  # |J| in float64, the scale of the finite differences' rounding
+        net64 = copy.deepcopy(net).double()
+        scale = reduction_scale(reduction, x.shape[0])
+        terms = objective_terms(net64.weights, net64.biases, x.double(), y.double(), cost=cost, l1=l1, l2=l2,
+                                scale=scale)  # fmt: skip
+        J = float(terms["J"])
     checks = []
     for name, p in net.named_parameters():
         m, a, f = manual[name], auto[name], fd[name].to(p.device)
-        pc = ParameterCheck(name, tuple(p.shape))
+        pc = ParameterCheck(
+            name, tuple(p.shape), fd_noise=10 * UNIT_ROUNDOFF * abs(J) * p.numel() ** 0.5 / eps
+        )
         for pair, (g1, g2) in zip(PAIRS, ((m, a), (m, f), (a, f))):
             pc.max_abs[pair] = float((g1.double() - g2.double()).abs().max())
+            pc.diff[pair] = float(torch.linalg.vector_norm(g1.double() - g2.double()))
             pc.rel[pair] = relative_error(g1, g2)
         checks.append(pc)
     tol = tolerances or TOLERANCES.get(dtype, TOLERANCES[torch.float32])
