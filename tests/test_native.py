@@ -166,6 +166,20 @@ def fit(module, dm, epochs=3):
     return module
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_init_keeps_the_hidden_units_identical_in_the_native_loop(dtype):
+    """The notes' symmetry: from equal weights every hidden unit gets the same gradient, so they stay
+    equal, bit for bit, whatever the width's remainder after SIMD lanes (100 = 6 x 16 + 4 in
+    float32 on AVX-512): the loops over a layer's units never reorder a unit's own arithmetic."""
+    net = SigmoidMLP([13, 100, 7, 3], init="zeros", bias_init=0.01).to(dtype)
+    net.weights[-1].data.normal_(generator=torch.Generator().manual_seed(0))  # the outputs differ
+    x, y = problem(net.sizes, "quadratic", dtype, seed=1)
+    flat, _, _ = compiled(net, x, y, 5, 20, "quadratic", 1e-4, 1e-4, "mean", "Momentum")
+    W1, W2 = flat[0, : 100 * 13].reshape(100, 13), flat[0, 1300 : 1300 + 700].reshape(7, 100)
+    assert float(W1.abs().max()) > 1e-6  # moved from zero
+    assert torch.equal(W1, W1[:1].expand_as(W1)) and torch.equal(W2, W2[:, :1].expand_as(W2))
+
+
 @pytest.mark.parametrize("batch_size", [1, 7, "full"])
 def test_the_module_trains_the_same_run_natively_and_in_torch(batch_size, caplog):
     from mlp_torch.data import MLPDataModule

@@ -24,7 +24,10 @@ state) through zero-copy numpy views, member after member (members are independe
 this loop against it and the optimizers' own ``step()`` for every combination covered. The sums
 over a layer's inputs may be reassociated (numba's ``fastmath`` flags ``reassoc``, ``nsz``,
 ``arcp``, so that they run as SIMD; never ``nnan``/``ninf``: a NaN or an inf stays one and a
-diverging run is still caught), and the sum over a batch's examples is taken in another order
+diverging run is still caught); the loops whose SIMD lanes are a layer's units (the gradients and
+the deltas, :func:`_gradient`, :func:`_back`) are not, so that every unit's arithmetic is the same
+whatever lane it falls in, and units started equal stay equal bit for bit (the notes' symmetry:
+``init="zeros"``). The sum over a batch's examples is taken in another order
 than PyTorch's: a float64 weight differs from the readable equations' by a few units in the last
 place per update, which the tests bound at 1e-12 relative after several epochs. The penalties and
 the optimizer's rule are computed element by element with the very operations of
@@ -143,10 +146,11 @@ def _output_error(A, Y, D, cost, s, one):
             D[r, j] = d * s
 
 
-@_sums_may_reorder
+@_exact
 def _gradient(gW, gb, D, A, first):
     """``dJ/dW = delta^T a``, ``dJ/db = sum delta`` over a block (added to what is there unless
-    ``first``, the batch's first block); four examples per pass over a row of ``dJ/dW``."""
+    ``first``, the batch's first block); four examples per pass over a row of ``dJ/dW``. Not
+    reordered: a lane's sum of four must be the same in the SIMD body and in its remainder."""
     n_out, n_in = gW.shape
     B = D.shape[0]
     for j in range(n_out):
@@ -174,7 +178,7 @@ def _gradient(gW, gb, D, A, first):
         gb[j] = total
 
 
-@_sums_may_reorder
+@_exact
 def _back(W, D, A, D_prev, zero, one):
     """``delta_{l-1} = (delta_l W_l) * a (1 - a)``, ``a`` the layer's inputs ``(B, n_in)``."""
     n_out, n_in = W.shape
