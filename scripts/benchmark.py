@@ -1,11 +1,21 @@
 """How fast `mlp-torch` trains, against its peers, measured side by side in one process.
 
-    .venv/bin/python scripts/benchmark.py --out benchmark.json     # about 3-4 minutes on 2 cores
+    .venv/bin/python scripts/benchmark.py --out benchmark.json     # about 3-5 minutes on 2 cores
+    .venv/bin/python scripts/benchmark.py --out docs/performance/  # this machine's table, its page too
+
+``--out FOLDER/`` writes ``FOLDER/<machine>.json`` (:func:`machine_slug`: CPU model, cores, PyTorch's
+CPU capability). A JSON written under ``docs/performance/`` is rendered into ``docs/performance.md``
+between the page's markers ``<!-- benchmark:performance/<machine>.json -->`` and
+``<!-- /benchmark -->`` (a machine the page has no table for gets one at the end);
+``--markdown PAGE`` names the page, ``--render`` rewrites it from its JSON files without measuring.
+``tests/test_docs_numbers.py`` checks that the page's tables are what the JSON files render to.
 
 1. Per update, digits (1,078 training examples), the 64-100-10 sigmoid network, the default
    objective (cross-entropy, L2 1e-4, mean over the batch) and the notes' damped momentum (lr 3,
    alpha 0.9), at batch 1, 16, 100 and full (1,078), for:
 
+   - ``C epoch (the limit)``: the same epochs in C (:data:`C_EPOCH`, ``-O3 -march=native``): what a
+     loop over these arrays reaches on this CPU;
    - ``numpy``: a hand-written numpy loop (at batch 1 with vectors: ``W @ x``, ``np.outer``);
    - ``torch plain``: plain tensors, hand-written backprop and momentum, no optimizer class;
    - ``torch autograd+SGD``: ``nn.Sequential``, autograd and ``torch.optim.SGD(momentum=0.9,
@@ -16,7 +26,9 @@
    - ``MLPModule shipped``: what ``mlp-torch fit`` builds (TensorBoard logger and histograms,
      validation each epoch, best and last checkpoints, progress bar), through the CLI's own code;
 
-   both MLPModule rows with ``grad_source`` ``manual`` and ``autograd``. The timed stretch skips
+   both MLPModule rows with ``grad_source`` ``manual`` and ``autograd``, and ``MLPModule lean torch
+   loop``: the lean manual row with ``native=False`` (the torch loop where the native epoch loop,
+   :mod:`mlp_torch.train.native`, would train). The timed stretch skips
    the first epoch (warm-up) and, for MLPModule, the Trainer's start: it runs from the start of
    epoch 1 to the end of training, so it includes every later epoch's validation, checkpoint and
    logging. Threads: by the rule of ``mlp_torch.train.threads`` (one for this network), the same for all.
@@ -38,12 +50,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
+import functools
 import json
 import logging
 import math
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -74,6 +89,39 @@ TARGETS = [  # (what, batch, than what, at least this many times faster): ratios
     ("MLPModule lean manual", 16, "numpy", 2.0),
     ("MLPModule lean manual", 100, "numpy", 1.0),
 ]
+
+
+def describe_machine(device: str) -> dict:
+    """The machine: CPU model (``/proc/cpuinfo``), cores, PyTorch's CPU capability (the instruction
+    set of its kernels), the CPU the native loop (numba) compiles for, versions, the GPU if used."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = found.group(1).strip() if found else cpu
+    try:
+        import llvmlite.binding as llvm
+        import numba
+
+        native_cpu, numba_version = (
+            os.environ.get("NUMBA_CPU_NAME") or llvm.get_host_cpu_name(),
+            numba.__version__,
+        )
+    except ImportError:
+        native_cpu = numba_version = None
+    return {
+        "cpu": cpu, "arch": platform.machine(), "cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_cpu": native_cpu,
+        "device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+        "torch": torch.__version__, "numba": numba_version, "python": platform.python_version(),
+    }  # fmt: skip
+
+
+def machine_slug(machine: dict) -> str:
+    """A file name for the machine: ``amd-epyc-2-cores-avx512`` (a GPU's name appended if used)."""
+    parts = [machine["cpu"], f"{machine['cores']} cores", machine.get("cpu_capability") or ""]
+    if machine.get("gpu"):
+        parts.append(machine["gpu"])
+    return re.sub(r"[^a-z0-9]+", "-", " ".join(parts).lower()).strip("-")
 
 
 def sync(device: str) -> None:
@@ -271,22 +319,32 @@ void epoch(const float *x, const float *y, const long *order, long n, long batch
 """
 
 
-def c_epoch_loop(x: np.ndarray, y: np.ndarray, batch, epochs: int) -> tuple[float, int]:
-    """The same epochs in C (:data:`C_EPOCH`, compiled here with the machine's ``cc``): the limit a
-    loop over these arrays reaches on this CPU, for the native loop's "within 10x" target.
-    ``(nan, 1)`` when no C compiler is found."""
+@functools.cache
+def _c_epoch_library():
+    """:data:`C_EPOCH` compiled once per process (``None`` without a C compiler)."""
     import ctypes
     import shutil
 
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        return math.nan, 1
-    with tempfile.TemporaryDirectory() as folder:
+        return None
+    with tempfile.TemporaryDirectory() as folder:  # the loaded library outlives its file
         source, library = Path(folder) / "epoch.c", Path(folder) / "epoch.so"
         source.write_text(C_EPOCH)
         subprocess.run([compiler, "-O3", "-march=native", "-shared", "-fPIC", str(source), "-o", str(library),
                         "-lm"], check=True)  # fmt: skip
-        lib = ctypes.CDLL(str(library))
+        return ctypes.CDLL(str(library))
+
+
+def c_epoch_loop(x: np.ndarray, y: np.ndarray, batch, epochs: int) -> tuple[float, int]:
+    """The same epochs in C (:data:`C_EPOCH`, compiled here with the machine's ``cc``): the limit a
+    loop over these arrays reaches on this CPU, for the native loop's "within 10x" target.
+    ``(nan, 1)`` when no C compiler is found."""
+    import ctypes
+
+    lib = _c_epoch_library()
+    if lib is None:
+        return math.nan, 1
     net = SigmoidMLP([64, 100, 10], seed=0)
     start_at = (net.weights[0], net.biases[0], net.weights[1], net.biases[1])
     arrays = [p.detach().numpy().astype(np.float32).copy() for p in start_at]
@@ -481,14 +539,34 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
-def main() -> int:
+PAGE = ROOT / "docs" / "performance.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--out", help="write the results as JSON here (a folder: FOLDER/<machine>.json)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["updates", "wide", "process", "sweep"])
-    args = parser.parse_args()
+    parser.add_argument("--markdown", type=Path, metavar="PAGE", help="rewrite the page's marked tables from "
+                        "the JSON files they name (default: docs/performance.md when --out lies in "
+                        "docs/performance/)")  # fmt: skip
+    parser.add_argument(
+        "--render", action="store_true", help="measure nothing, only rewrite the page's tables"
+    )
+    args = parser.parse_args(argv)
+    page, out, folder = args.markdown, None, False
+    if args.out:  # a folder (one that exists, or a name ending in /): the machine's file in it
+        out, folder = Path(args.out), Path(args.out).is_dir() or args.out.endswith(("/", os.sep))
+    if page is None and out is not None and out.resolve().is_relative_to(PAGE.with_suffix("")):
+        page = PAGE
+    if args.render:
+        if page is None:
+            parser.error("--render: which page? (--markdown PAGE)")
+        print(f"{page}: the tables of {', '.join(rewrite_file(page))}")
+        return 0
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
@@ -496,12 +574,14 @@ def main() -> int:
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     began = time.perf_counter()
-    machine = {
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "device": device,
-        "torch": torch.__version__, "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+    machine = describe_machine(device)
+    python = Path(sys.executable)
+    python = python.relative_to(ROOT) if python.is_relative_to(ROOT) else Path("python")
+    results: dict = {
+        "machine": machine, "command": shlex.join([str(python), "scripts/benchmark.py", *argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "rounds": args.rounds,
     }  # fmt: skip
-    results: dict = {"machine": machine, "command": " ".join(sys.argv), "rounds": args.rounds}
     if "updates" not in args.skip:
         results["per_update_us"] = per_update(args.rounds, device)
     if "wide" not in args.skip:
@@ -512,9 +592,15 @@ def main() -> int:
         results["sweep_s"] = speed_ratios()
     results["benchmark_seconds"] = time.perf_counter() - began
     report(results)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
-        print(f"\nwritten to {args.out}")
+    if out is not None:
+        out = out / f"{machine_slug(machine)}.json" if folder else out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"\nwritten to {out}")
+        if page is not None:
+            add_table(page, out)
+    if page is not None:
+        print(f"{page}: the tables of {', '.join(rewrite_file(page))}")
     return 0
 
 
@@ -583,9 +669,51 @@ def processes(rounds: int) -> dict:
     return result
 
 
+def targets(results: dict) -> list[tuple[str, str, bool]]:
+    """Each target the results measure: (the target, what was measured, whether it is met)."""
+    rows = []
+    table = results.get("per_update_us")
+    if table:
+        for name, b, other, least in TARGETS:
+            theirs, ours = table[other][str(b)]["median"], table[name][str(b)]["median"]
+            speedup, how = theirs / ours, f"{least:g}x as fast as" if least > 1 else "as fast as"
+            than = f"at least {how} {other}" if least >= 1 else f"within {1 / least:g}x of {other}"
+            measured = f"{speedup:.2f}x ({ours:.1f} µs per update against {theirs:.1f})"
+            rows.append((f"{name} at batch {b}: {than}", measured, speedup >= least))
+    w = results.get("wide")
+    if w:
+        ms = {k: 1e3 * v["median"] for k, v in w["seconds_per_update"].items()}
+        for source, frac in w["fraction_of_mm"].items():
+            target = (
+                f"wide {'-'.join(map(str, WIDE))} at batch {WIDE_BATCH}, {source}: >= 0.85 of torch.mm alone"
+            )
+            measured = (f"{frac:.2f} ({ms[source]:.1f} ms per update against {ms['torch.mm']:.1f} ms of "
+                        f"products, {w['threads']} threads)")  # fmt: skip
+            rows.append((target, measured, frac >= 0.85))
+    p = results.get("process_s")
+    if p:
+        fit, busy, grad = (p[k]["median"] for k in ("fit", "fit beside a busy process", "gradcheck"))
+        accuracies = ", ".join(f"{a:g} %" for a in sorted(set(p["fit test/acc %"])))
+        rows += [
+            ("`mlp-torch fit` (the default, whole process) <= 7 s", f"{fit:.1f} s (test/acc {accuracies})",
+             fit <= 7),
+            ("the same beside one busy process <= 2x", f"{busy:.1f} s = {busy / fit:.2f}x", busy / fit <= 2),
+            ("`mlp-torch gradcheck` (whole process) <= 2.5 s", f"{grad:.2f} s", grad <= 2.5),
+        ]  # fmt: skip
+    sw = results.get("sweep_s")
+    if sw:
+        for name, limit in (("shared seed", 6), ("own seed", 8)):
+            ratio = sw[f"{name} ratio"]
+            rows.append((f"`mlp-torch sweep`, {sw[f'{name} members']} members, {name}: <= {limit}x one fit's "
+                         f"training", f"{sw[name]:.1f} s = {ratio:.2f}x ({sw['fit']:.1f} s, "
+                         f"{sw['fit epochs']} epochs)", ratio <= limit))  # fmt: skip
+    return rows
+
+
 def report(results: dict) -> None:
     m = results["machine"]
-    print(f"\nmachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, device {m['device']}"
+    print(f"\nmachine: {m['cpu']}, {m['cores']} cores, PyTorch CPU capability {m['cpu_capability']}, native "
+          f"loop for {m['native_cpu']}, torch {m['torch']}, device {m['device']}"
           f"{', ' + m['gpu'] if m['gpu'] else ''}; medians of {results['rounds']} rounds")  # fmt: skip
     table = results.get("per_update_us")
     if table:
@@ -599,36 +727,93 @@ def report(results: dict) -> None:
                 med, ref = per_batch[str(b)]["median"], plain[str(b)]["median"]
                 cells.append(f"{med:8.1f} ({med / ref:4.2f}x)".ljust(16))
             print(f"| {name:<28} | " + " | ".join(cells) + " |")
-        print("\ntargets (speed-up: the other's time over ours, side by side):")
-        for name, b, other, least in TARGETS:
-            speedup = table[other][str(b)]["median"] / table[name][str(b)]["median"]
-            verdict = "met" if speedup >= least else "NOT met"
-            print(f"  {name} at batch {b} against {other}: {speedup:.2f}x (target >= {least}x: {verdict})")
-    w = results.get("wide")
-    if w:
-        s = w["seconds_per_update"]
-        ms = {k: 1e3 * v["median"] for k, v in s.items()}
-        print(f"\nwide network {WIDE} at batch {WIDE_BATCH}, {w['threads']} threads: ms per update "
-              f"torch.mm alone {ms['torch.mm']:.1f}, manual {ms['manual']:.1f}, "
-              f"autograd {ms['autograd']:.1f}")  # fmt: skip
-        for source, frac in w["fraction_of_mm"].items():
-            verdict = "met" if frac >= 0.85 else "NOT met"
-            print(f"  {source}: {frac:.2f} of torch.mm peak (target >= 0.85: {verdict})")
-    p = results.get("process_s")
-    if p:
-        fit, busy, grad = (p[k]["median"] for k in ("fit", "fit beside a busy process", "gradcheck"))
-        print(f"\nwhole process: mlp-torch fit {fit:.1f} s (target <= 7 s), test/acc {p['fit test/acc %']}; "
-              f"beside a busy process {busy:.1f} s = {busy / fit:.2f}x (target <= 2x); "
-              f"mlp-torch gradcheck {grad:.2f} s (target <= 2.5 s)")  # fmt: skip
-    sw = results.get("sweep_s")
-    if sw:
-        print(f"\nsweeps, training phase: one default fit {sw['fit']:.1f} s ({sw['fit epochs']} epochs)")
-        for name, limit in (("shared seed", 6), ("own seed", 8)):
-            ratio = sw[f"{name} ratio"]
-            verdict = "met" if ratio <= limit else "NOT met"
-            print(f"  {sw[f'{name} members']} members, {name}: {sw[name]:.1f} s = {ratio:.2f}x one fit "
-                  f"(target <= {limit}x: {verdict})")  # fmt: skip
+    rows = targets(results)
+    if rows:
+        print("\ntargets (ratios of times measured side by side):")
+        for target, measured, met in rows:
+            print(f"  {target}: {measured} ({'met' if met else 'NOT met'})")
     print(f"\nbenchmark took {results['benchmark_seconds']:.0f} s")
+
+
+# ---- the page: tables rendered from the JSON files ---------------------------------------------
+
+MARKED = re.compile(r"(<!-- benchmark:(?P<json>\S+\.json) -->\n)(?P<body>.*?)(<!-- /benchmark -->)", re.S)
+
+
+def _batch(b: str) -> str:
+    return "full batch (1,078)" if b == "full" else f"batch {b}"
+
+
+def markdown(results: dict, json_name: str) -> str:
+    """One machine's results as the page shows them: the machine, command and date, the table of
+    microseconds per update and the targets."""
+    m = results["machine"]
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    lines = [
+        f"{m['cpu']} ({m['arch']}), {m['cores']} cores, PyTorch CPU capability {m['cpu_capability']}, "
+        f"native loop compiled for {m['native_cpu']}; torch {m['torch']}, numba {m['numba']}, Python "
+        f"{m['python']}; device {m['device']}{gpu}.",
+        "",
+        f"`{results['command']}` on {results['date']} ({results['benchmark_seconds']:.0f} s; each figure the "
+        f"median of {results['rounds']}, the methods taking turns; raw JSON with min and max: "
+        f"[{json_name}]({json_name})).",
+    ]  # fmt: skip
+    table = results.get("per_update_us")
+    if table:
+        plain = table["torch plain"]
+        lines += ["", "Microseconds per update (ratio to `torch plain`), digits 64-100-10:", ""]
+        lines.append("| way of training | " + " | ".join(_batch(str(b)) for b in BATCHES) + " |")
+        lines.append("|---|" + "---|" * len(BATCHES))
+        for name, per_batch in table.items():
+            cells = []
+            for b in BATCHES:
+                med, ref = per_batch[str(b)]["median"], plain[str(b)]["median"]
+                cells.append(f"{med:.1f} ({med / ref:.2f}x)" if math.isfinite(med) else "-")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    rows = targets(results)
+    if rows:
+        lines += ["", "| target | measured | |", "|---|---|---|"]
+        lines += [f"| {t} | {measured} | {'met' if met else 'not met'} |" for t, measured, met in rows]
+    return "\n".join(lines)
+
+
+def rewrite_page(text: str, folder: Path) -> str:
+    """``text`` (a page in ``folder``) with each marked region ``<!-- benchmark:FILE.json -->`` ...
+    ``<!-- /benchmark -->`` replaced by :func:`markdown` of FILE.json (relative to ``folder``)."""
+
+    def one(found: re.Match) -> str:
+        results = json.loads((folder / found["json"]).read_text())
+        return found.group(1) + markdown(results, found["json"]) + "\n" + found.group(4)
+
+    return MARKED.sub(one, text)
+
+
+def marked_files(text: str) -> list[str]:
+    """The JSON files whose tables ``text`` shows."""
+    return [found["json"] for found in MARKED.finditer(text)]
+
+
+def add_table(page: Path, written: Path) -> None:
+    """Give the machine of ``written`` (a JSON file under the page's folder) a table at the end of
+    ``page`` if the page has none for it."""
+    if not written.resolve().is_relative_to(page.parent.resolve()):
+        return
+    name = written.resolve().relative_to(page.parent.resolve()).as_posix()
+    text = page.read_text()
+    if name not in marked_files(text):
+        m = json.loads(written.read_text())["machine"]
+        page.write_text(f"{text.rstrip()}\n\n## {m['cpu']}, {m['cores']} cores, {m['cpu_capability']}\n\n"
+                        f"<!-- benchmark:{name} -->\n<!-- /benchmark -->\n")  # fmt: skip
+
+
+def rewrite_file(page: Path) -> list[str]:
+    """Rewrite ``page``'s marked tables from their JSON files (only if they changed); returns the
+    files named."""
+    text = page.read_text()
+    new = rewrite_page(text, page.parent)
+    if new != text:
+        page.write_text(new)
+    return marked_files(text)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Run the shipped configs (configs/*.yaml) as `mlp-torch fit --config` and check that each one
-reaches the level it is shipped for; prints the README's table of them.
+reaches the level it is shipped for; prints docs/cli.md's table of them.
 
     .venv/bin/python scripts/configs.py                         # every config (a few minutes)
     .venv/bin/python scripts/configs.py sine.yaml xor.yaml      # some of them
@@ -32,7 +32,7 @@ LEVELS: dict[str, tuple[str, float]] = {
 
 
 def check(name: str) -> tuple[bool, str]:
-    """Run ``configs/NAME``; whether it reached its level, and its README table row."""
+    """Run ``configs/NAME``; whether it reached its level, and its table row in docs/cli.md."""
     metric, level = LEVELS[name]
     result = run_seed(0, ["--config", f"configs/{name}"])
     value = result[metric]

@@ -1,10 +1,10 @@
 """Cross-validate an `mlp-torch fit` setup on the non-test examples: the test split is never used.
 
-This chose the default (see the README):
+This chose the default (see docs/results.md):
 
     .venv/bin/python scripts/cv.py                                  # the default, seeds 0-4, 5 folds
     .venv/bin/python scripts/cv.py --versus "--model.l2 0 --model.optimizer.lr 2.0"
-    .venv/bin/python scripts/cv.py -- --config configs/notes.yaml   # any `mlp-torch fit` arguments
+    .venv/bin/python scripts/cv.py -- --config notes   # any `mlp-torch fit` arguments
 
 For each seed (``--seed_everything``: the split, the initial weights, the shuffle order) the
 examples outside that seed's test split are cut into k stratified folds (``--data.cv_folds k

@@ -1,9 +1,9 @@
 """Run `mlp-torch fit` once per seed and report the test metric of each run and their median.
 
-This produced the accuracy figures in the README:
+This produced the accuracy figures in docs/results.md:
 
     .venv/bin/python scripts/seeds.py                                  # the default (digits)
-    .venv/bin/python scripts/seeds.py -- --config configs/notes.yaml   # the notes' literal setup
+    .venv/bin/python scripts/seeds.py -- --config notes   # the notes' literal setup
 
 Each seed (``--seed_everything``) sets the split, the initial weights and the shuffle order. Runs
 happen in a temporary folder, so no logs are left behind; the model is tested on the held-out

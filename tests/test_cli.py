@@ -200,9 +200,9 @@ def test_default_config_file_is_the_default(capsys):
 
 
 def test_default_digits_accuracy_over_three_seeds():
-    """The README's headline run: the default's test accuracy over seeds 0, 1, 2 (measured:
+    """The headline run of docs/results.md: the default's test accuracy over seeds 0, 1, 2 (measured:
     97.49%, 97.21%, 98.05%). The issue's target, a median >= 97.5%, is one digit out of 359 above
-    that and is not met (see the README); this guards the level actually reached."""
+    that and is not met (see docs/results.md); this guards the level actually reached."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from seeds import run_seed
 

@@ -1,6 +1,6 @@
 """``mlp-torch sweep``: train a grid of ``mlp-torch fit`` settings at once, the members of one module.
 
-    mlp-torch sweep --config configs/default.yaml \\
+    mlp-torch sweep --config default \\
         --grid "model.optimizer.lr=[0.3, 1, 3, 10]" --grid "seed_everything=[0, 1, 2]"
 
 Every argument but ``--grid``, ``--sweep_dir`` and ``--ckpt_path`` is an argument of ``mlp-torch
