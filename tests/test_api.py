@@ -76,6 +76,8 @@ def test_sweep_trains_the_grid_and_its_member_equals_the_same_fit(tmp_path, monk
     grid = mlp_torch.sweep({"lr": [0.5, 2.0]}, dataset="xor", max_epochs=4, enable_progress_bar=False)
     assert sorted(row["member"] for row in grid.rows) == ["lr=0.5", "lr=2.0"]
     assert (grid.folder / "results.csv").is_file() and grid.module.n_members == 2
+    again = mlp_torch.sweep({"lr": [0.5]}, dataset="xor", max_epochs=1, enable_progress_bar=False)
+    assert (grid.folder.name, again.folder.name) == ("sweep_0", "sweep_1")  # a process's second sweep
     run = mlp_torch.fit(dataset="xor", max_epochs=4, lr=2.0, enable_progress_bar=False)
     (row,) = [row for row in grid.rows if row["member"] == "lr=2.0"]
     assert row["val/J"] == pytest.approx(min(run.history["val/J"]), rel=1e-6)

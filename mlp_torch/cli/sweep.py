@@ -324,8 +324,8 @@ def build_sweep(
     datamodule.members = K
     if cli.trainer.num_devices != 1 and cli.trainer.strategy.__class__.__name__ == "SingleDeviceStrategy":
         raise ValueError(f"a sweep on {cli.trainer.num_devices} devices needs --trainer.strategy ddp")
-    if folder is None:
-        folder = Path(os.environ[FOLDER_ENV]) if FOLDER_ENV in os.environ else None
+    if folder is None and _is_other_rank() and FOLDER_ENV in os.environ:
+        folder = Path(os.environ[FOLDER_ENV])  # the folder rank 0 chose
     if folder is None:
         save_dir = Path(cli.config.trainer.get("default_root_dir") or ".")
         folder = _next_folder(save_dir / "lightning_logs")
@@ -400,18 +400,18 @@ def run_sweep(sweep: Sweep) -> list[dict[str, object]]:
     HParams entries and ``results.csv``; returns the table's rows, best first."""
     module, trainer, folder = sweep.module, sweep.trainer, sweep.folder
     writes = not _is_other_rank()
-    lock = None
-    if writes:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(folder).acquire()
-        os.environ[FOLDER_ENV] = str(folder)  # the other processes of a DDP sweep start from here
-        remove_stale_temp_files(folder)
-        (folder / SWEEP_FILE).write_text(yaml.safe_dump({"grid": sweep.grid.axes}, sort_keys=False))
-        for name, config in zip(sweep.names, sweep.configs):
-            (folder / name / "checkpoints").mkdir(parents=True, exist_ok=True)
-            remove_stale_temp_files(folder / name / "checkpoints")
-            (folder / name / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    lock, chosen = None, os.environ.get(FOLDER_ENV)
     try:
+        if writes:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(folder).acquire()
+            os.environ[FOLDER_ENV] = str(folder)  # the other processes of a DDP sweep start from here
+            remove_stale_temp_files(folder)
+            (folder / SWEEP_FILE).write_text(yaml.safe_dump({"grid": sweep.grid.axes}, sort_keys=False))
+            for name, config in zip(sweep.names, sweep.configs):
+                (folder / name / "checkpoints").mkdir(parents=True, exist_ok=True)
+                remove_stale_temp_files(folder / name / "checkpoints")
+                (folder / name / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         started = time.perf_counter()
         trainer.fit(module, datamodule=sweep.datamodule, ckpt_path=sweep.ckpt_path)
         seconds = time.perf_counter() - started
@@ -421,6 +421,11 @@ def run_sweep(sweep: Sweep) -> list[dict[str, object]]:
     finally:
         if lock is not None:
             lock.release()
+        if writes:  # a later sweep in this process chooses its own folder
+            if chosen is None:
+                os.environ.pop(FOLDER_ENV, None)
+            else:
+                os.environ[FOLDER_ENV] = chosen
 
 
 def _report(sweep: Sweep, seconds: float) -> list[dict[str, object]]:
