@@ -20,6 +20,7 @@ import json
 import math
 import warnings
 from argparse import ArgumentError
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,21 +93,10 @@ def fit(config: str | Path | None = None, **settings) -> FitResult:
     from mlp_torch.cli.fit import make_cli  # imports Lightning
     from mlp_torch.train.callbacks import History
 
-    args = ["fit"]
-    if config is not None:
-        args += ["--config", str(config)]
-    for name, value in settings.items():
-        args += [f"--{_option(name)}", _as_argument(name, value)]
-    args = resolve_configs(args)
-    check_config_files(args)
+    args = ["fit", *_arguments(config, settings)]
     history = History()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # inside Lightning itself
-            cli = make_cli(args, callbacks=[history])
-    except (ArgumentError, TypeError, KeyError) as err:
-        raise ValueError(" ".join(str(err).split()) or type(err).__name__) from None
+    with _as_value_errors():
+        cli = make_cli(args, callbacks=[history])
     result = cli.result
     if result is None:  # (not reached: fit always ends in after_fit or an exception)
         raise RuntimeError("fit ended without a result")
@@ -169,19 +159,34 @@ def sweep(
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"grid[{name!r}]={values!r} must be a list of the values to try")
         specs.append(f"{_option(name)}={_as_argument(name, list(values))}")
+    args = _arguments(config, settings)
+    with _as_value_errors():
+        built = build_sweep(args, parse_grid(specs), None if sweep_dir is None else Path(sweep_dir))
+        rows = run_sweep(built)
+    return SweepResult(rows=rows, folder=built.folder, module=built.module)
+
+
+def _arguments(config: str | Path | None, settings: dict) -> list[str]:
+    """The command line's arguments for ``config`` and ``settings`` (a shipped config's name
+    resolved to its file, every config file checked)."""
     args = [] if config is None else ["--config", str(config)]
     for name, value in settings.items():
         args += [f"--{_option(name)}", _as_argument(name, value)]
     args = resolve_configs(args)
-    check_config_files(["sweep", *args])
+    check_config_files(args)
+    return args
+
+
+@contextmanager
+def _as_value_errors():
+    """The command line's argument errors as ``ValueError``, and none of its own warnings."""
     try:
         with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # inside Lightning itself
-            built = build_sweep(args, parse_grid(specs), None if sweep_dir is None else Path(sweep_dir))
-            rows = run_sweep(built)
+            yield
     except (ArgumentError, TypeError, KeyError) as err:
         raise ValueError(" ".join(str(err).split()) or type(err).__name__) from None
-    return SweepResult(rows=rows, folder=built.folder, module=built.module)
 
 
 def option_names() -> dict[str, list[str]]:
