@@ -27,13 +27,7 @@ def read_csv(path: str | Path, target: str) -> tuple[np.ndarray, np.ndarray]:
         integer that fits in 64 bits (read exactly, not through a float), float64 if every value
         is a number, else text (``str``; integers beyond 64 bits are kept as their digits).
     """
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as file:
-            reader = csv.reader(file)
-            rows = [(reader.line_num, row) for row in reader if row]  # blank lines skipped
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        why = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
-        raise DataError(f"cannot be read as UTF-8 CSV text ({why})") from None
+    rows = _csv_rows(path)
     if not rows:
         raise DataError("is empty; it needs a header row naming the columns, then the data")
     header = [name.strip() for name in rows[0][1]]
@@ -267,9 +261,16 @@ def check_regular_file(dataset: str) -> None:
 
 def csv_header(path: str | Path) -> list[str]:
     """The names in a CSV file's header row (its first non-blank line), stripped."""
+    rows = _csv_rows(path)
+    return [name.strip() for name in rows[0][1]] if rows else []
+
+
+def _csv_rows(path: str | Path) -> list[tuple[int, list[str]]]:
+    """A CSV file's non-blank rows with their line numbers; ``DataError`` if it cannot be read."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as file:
-            return next(([name.strip() for name in row] for row in csv.reader(file) if row), [])
+            reader = csv.reader(file)
+            return [(reader.line_num, row) for row in reader if row]  # blank lines skipped
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         why = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
         raise DataError(f"cannot be read as UTF-8 CSV text ({why})") from None
@@ -291,13 +292,7 @@ def read_new_rows(
     """
     if str(path).endswith(".npz"):
         return _read_new_npz(path, n_features, target)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as file:
-            reader = csv.reader(file)
-            rows = [(reader.line_num, row) for row in reader if row]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        why = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
-        raise DataError(f"cannot be read as UTF-8 CSV text ({why})") from None
+    rows = _csv_rows(path)
     if len(rows) < 2:
         raise DataError("needs a header row naming the columns, then at least one row to predict")
     header = [name.strip() for name in rows[0][1]]

@@ -22,6 +22,7 @@ from mlp_torch.model.backprop import (
     _check,
     autograd_gradients,
     manual_gradients,
+    objective,
     objective_terms,
     reduction_scale,
 )
@@ -230,11 +231,7 @@ def gradient_check(
     fd = finite_difference_gradients(net, x, y, eps=eps, **kw)
     dtype = net.weights[0].dtype
     with torch.no_grad():  # |J| in float64, the scale of the finite differences' rounding
-        net64 = copy.deepcopy(net).double()
-        scale = reduction_scale(reduction, x.shape[0])
-        terms = objective_terms(net64.weights, net64.biases, x.double(), y.double(), cost=cost, l1=l1, l2=l2,
-                                scale=scale)  # fmt: skip
-        J = float(terms["J"])
+        J = float(objective(copy.deepcopy(net).double(), x.double(), y.double(), **kw))
     checks = []
     for name, p in net.named_parameters():
         m, a, f = manual[name], auto[name], fd[name].to(p.device)
