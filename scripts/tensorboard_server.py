@@ -19,6 +19,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -169,7 +170,7 @@ class HeadlessChromium:
         exe = chromium()
         if exe is None:
             raise FileNotFoundError("no chromium on PATH (Debian: apt-get install chromium)")
-        self._profile = tempfile.TemporaryDirectory()
+        self._profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
         to_chromium, self._write = os.pipe()  # chromium reads commands on its fd 3
         self._read, from_chromium = os.pipe()  # and writes answers and events on its fd 4
         # Above 9 first, so that moving them onto 3 and 4 in the child cannot overwrite either.
@@ -186,7 +187,8 @@ class HeadlessChromium:
                self.url]  # fmt: skip
         quiet = subprocess.DEVNULL
         fds = dict(pass_fds=(3, 4), preexec_fn=as_fds_3_and_4)
-        self.proc = subprocess.Popen(cmd, stdout=quiet, stderr=quiet, **fds)
+        # its own process group: chromium's helpers (zygote, crash handler) go with it at the end
+        self.proc = subprocess.Popen(cmd, stdout=quiet, stderr=quiet, start_new_session=True, **fds)
         os.close(to_chromium)
         os.close(from_chromium)
         self._next_id, self._buffer = 0, b""
@@ -209,6 +211,10 @@ class HeadlessChromium:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        try:  # helpers still writing into the profile would race its removal
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         for fd in (self._write, self._read):
             os.close(fd)
         self._profile.cleanup()
