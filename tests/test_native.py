@@ -13,6 +13,7 @@ import functools
 import itertools
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,7 +31,7 @@ OPTIMIZERS = {
     "Nesterov": functools.partial(HeavyBall, lr=0.2, alpha=0.8, nesterov=True),
 }
 SETTINGS = {name: dict(f.keywords) for name, f in OPTIMIZERS.items()}
-REGIMES = {"stochastic": 1, "mini-batch": 5, "full": None}
+REGIMES = {"stochastic": 1, "mini-batch": 5, "BLAS mini-batch": native.BLAS_ROWS + 3, "full": None}
 # each case takes the next of these: every depth, cost, penalty and reduction is met, in several combinations
 DEPTHS = [[3, 2], [3, 5, 2], [3, 4, 5, 2]]
 PENALTIES = [(0.0, 0.0), (1e-3, 0.0), (0.0, 1e-3), (1e-3, 2e-3)]
@@ -65,7 +66,8 @@ def readable(net, x, y, batch, epochs, cost, l1, l2, reduction, optimizer):
     return torch.cat([p.reshape(-1) for p in [*weights, *biases]])
 
 
-def compiled(net, x, y, batch, epochs, cost, l1, l2, reduction, optimizer, members=1):
+def compiled(net, x, y, batch, epochs, cost, l1, l2, reduction, optimizer, members=1,
+             blas_block=native.BLAS_BLOCK):  # fmt: skip
     """The same epochs by native.epoch, on flat (K, P) tensors as the module holds them."""
     flat = torch.cat([p.detach().reshape(-1) for p in [*net.weights, *net.biases]]).repeat(members, 1)
     grad, state = torch.zeros_like(flat), torch.zeros_like(flat)
@@ -79,7 +81,7 @@ def compiled(net, x, y, batch, epochs, cost, l1, l2, reduction, optimizer, membe
             flat.numpy(), grad.numpy(), None if optimizer == "GradientDescent" else state.numpy(),
             x[None].numpy(), y[None].numpy(), z.numpy(), sums.numpy(), net.sizes, starts, scales, cost=cost,
             rule=native.RULES[optimizer], l1=[l1] * members, l2=[l2] * members, lr=[settings["lr"]] * members,
-            alpha=[settings.get("alpha", 0.0)] * members, active=[True] * members,
+            alpha=[settings.get("alpha", 0.0)] * members, active=[True] * members, blas_block=blas_block,
         )  # fmt: skip
     return flat, z, sums
 
@@ -97,11 +99,15 @@ def test_the_compiled_epochs_are_the_readable_equations(optimizer, regime, dtype
     net = SigmoidMLP(sizes, seed=case, bias_init=0.01).to(dtype)
     x, y = problem(sizes, cost, dtype, seed=case)
     want = readable(net, x, y, batch, 3, cost, l1, l2, reduction, optimizer)
-    got, z, sums = compiled(net, x, y, batch, 3, cost, l1, l2, reduction, optimizer)
-    if dtype == torch.float64:
-        assert float((got[0] - want).abs().max() / want.abs().max()) <= 1e-12
-    else:
-        torch.testing.assert_close(got[0], want)
+    # the full batch also in BLAS blocks of 9 examples (its gradient summed over the blocks)
+    for blas_block in [native.BLAS_BLOCK] + ([9] if regime == "full" else []):
+        got, z, sums = compiled(
+            net, x, y, batch, 3, cost, l1, l2, reduction, optimizer, blas_block=blas_block
+        )
+        if dtype == torch.float64:
+            assert float((got[0] - want).abs().max() / want.abs().max()) <= 1e-12
+        else:
+            torch.testing.assert_close(got[0], want)
     # what an epoch leaves for train/J: each example's z_L at the weights it was used with, and the
     # penalties' sums at each update's weights (the first update's: the starting weights)
     _, z, sums = compiled(net, x, y, batch, 1, cost, l1, l2, reduction, optimizer)
@@ -152,6 +158,30 @@ def test_a_nan_stays_a_nan():
     assert z.isnan().all()
 
 
+def test_equal_hidden_units_are_found():
+    """_units_distinct: two units are equal when their weights in, bias and weights out are."""
+    net = SigmoidMLP([4, 6, 5, 3], seed=0).to(torch.float64)
+    sizes = np.asarray(net.sizes)
+    w_at = np.cumsum([0] + [a * b for a, b in zip(sizes, sizes[1:])])[:-1]
+    b_at = w_at[-1] + sizes[-2] * sizes[-1] + np.cumsum([0, *sizes[1:-1]])
+    shapes = np.stack([sizes[1:], sizes[:-1]], 1)
+
+    def distinct(weights, biases):
+        flat = torch.cat([p.reshape(-1) for p in [*weights, *biases]]).numpy()
+        return native._units_distinct(flat, w_at, b_at, shapes)
+
+    W, b = [w.detach().clone() for w in net.weights], [v.detach().clone() for v in net.biases]
+    assert distinct(W, b)
+    W[1][4] = W[1][1]  # units 1 and 4 of the second hidden layer: the same weights in ...
+    b[1][4] = b[1][1]  # ... and bias,
+    assert distinct(W, b)
+    W[2][:, 4] = W[2][:, 1]  # and out: equal
+    assert not distinct(W, b)
+    W[2][0, 4] += 2.0**-40  # one weight out differs in its last bits: not equal
+    assert distinct(W, b)
+    assert not distinct([torch.zeros_like(w) for w in W], b)  # zero init: all equal
+
+
 # ---- the module: which loop trains, and the two give the same run -----------------------------
 
 
@@ -166,15 +196,17 @@ def fit(module, dm, epochs=3):
     return module
 
 
+@pytest.mark.parametrize("batch", [5, native.BLAS_ROWS + 3, N])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_zero_init_keeps_the_hidden_units_identical_in_the_native_loop(dtype):
+def test_zero_init_keeps_the_hidden_units_identical_in_the_native_loop(dtype, batch):
     """The notes' symmetry: from equal weights every hidden unit gets the same gradient, so they stay
     equal, bit for bit, whatever the width's remainder after SIMD lanes (100 = 6 x 16 + 4 in
-    float32 on AVX-512): the loops over a layer's units never reorder a unit's own arithmetic."""
+    float32 on AVX-512): the loops over a layer's units never reorder a unit's own arithmetic.
+    BLAS's products may (OpenBLAS's edge kernels do): a member with equal units never uses them."""
     net = SigmoidMLP([13, 100, 7, 3], init="zeros", bias_init=0.01).to(dtype)
     net.weights[-1].data.normal_(generator=torch.Generator().manual_seed(0))  # the outputs differ
     x, y = problem(net.sizes, "quadratic", dtype, seed=1)
-    flat, _, _ = compiled(net, x, y, 5, 20, "quadratic", 1e-4, 1e-4, "mean", "Momentum")
+    flat, _, _ = compiled(net, x, y, batch, 20, "quadratic", 1e-4, 1e-4, "mean", "Momentum")
     W1, W2 = flat[0, : 100 * 13].reshape(100, 13), flat[0, 1300 : 1300 + 700].reshape(7, 100)
     assert float(W1.abs().max()) > 1e-6  # moved from zero
     assert torch.equal(W1, W1[:1].expand_as(W1)) and torch.equal(W2, W2[:, :1].expand_as(W2))
@@ -206,7 +238,7 @@ def test_the_module_trains_the_same_run_natively_and_in_torch(batch_size, caplog
             {"optimizer": functools.partial(torch.optim.SGD, lr=0.5)},
             "SGD is not an optimizer of mlp_torch.optim",
         ),
-        ({"hidden_sizes": [100]}, "is BLAS's size"),  # the full batch: 1,078 x 64 x 100 multiply-adds
+        ({"hidden_sizes": [1000]}, "is one for threads"),  # full batch: 1,078 x 64 x 1,000 > 2^26
     ],
 )
 def test_the_torch_loop_trains_what_the_native_one_does_not_cover(settings, why, caplog):
@@ -219,3 +251,10 @@ def test_the_torch_loop_trains_what_the_native_one_does_not_cover(settings, why,
         fit(module, dm, epochs=2)
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("native:")]
     assert line.startswith("native: off (") and why in line, line
+
+
+def test_the_native_loop_trains_where_one_thread_does():
+    """Its line is the threads' rule's: above it the torch loop's products get every core."""
+    from mlp_torch.train.threads import SMALL_PRODUCT
+
+    assert native.NATIVE_PRODUCT == SMALL_PRODUCT

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as L
+import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
@@ -472,44 +473,44 @@ class MLPModule(L.LightningModule):
 
     def _epoch_shards(
         self, n: int, size: int, device
-    ) -> tuple[Tensor | None, list[slice], list[int], Tensor]:
+    ) -> tuple[Tensor | None, np.ndarray, np.ndarray, Tensor]:
         """This rank's part of the epoch: the training examples its updates use, in use order
         (``None``: all ``n`` in stored order; ``(n_local,)`` when all members share one order,
-        else ``(K, n_local)``), the rows of each update in them, and each update's global batch
-        size (a list and a ``(U,)`` tensor)."""
+        else ``(K, n_local)``), the bounds of each update's rows in them (``(U + 1,)``: update
+        ``u`` uses rows ``bounds[u]:bounds[u + 1]``), and each update's global batch size (an
+        array and a ``(U,)`` tensor)."""
         rank, world = self._rank_and_world()
         full = self.hparams.batch_size == "full"
         seeds = [hp["seed"] for hp in self.member_hparams]
         order = None if full else loop.epoch_orders(n, seeds, self.current_epoch)  # (n,) or (K, n)
+        starts = np.arange(0, n, size)  # (U,): each update's first position in the epoch's order
+        sizes = np.minimum(size, n - starts)  # (U,): each update's global batch size
+        counts = torch.from_numpy(sizes).to(device)
+        if world == 1:
+            return (None if order is None else order.to(device)), np.append(starts, n), sizes, counts
         shards = update_shards(n, size, rank, world)  # positions in the epoch's order
-        sizes = [min(size, n - start) for start in range(0, n, size)]
-        counts = torch.tensor(sizes, device=device)  # (U,): each update's global batch size
-        if world > 1:
-            positions = torch.cat([torch.arange(s.start, s.stop) for s in shards])  # (n_local,)
-            order = positions if order is None else order[..., positions]
-        rows, start = [], 0
-        for s in shards:
-            rows.append(slice(start, start + s.stop - s.start))
-            start = rows[-1].stop
-        return (None if order is None else order.to(device)), rows, sizes, counts
+        positions = torch.cat([torch.arange(s.start, s.stop) for s in shards])  # (n_local,)
+        order = positions if order is None else order[..., positions]
+        bounds = np.cumsum([0] + [s.stop - s.start for s in shards])
+        return order.to(device), bounds, sizes, counts
 
-    def _epoch_chunks(self, rows: list[slice]) -> list[range]:
+    def _epoch_chunks(self, bounds: np.ndarray) -> list[range]:
         """The epoch's updates in chunks of consecutive updates whose examples fit the data
         module's ``train_chunk_rows`` (streamed training); one chunk of all when not streamed."""
         limit = getattr(self.trainer.datamodule, "train_chunk_rows", None)
         if limit is None:
-            return [range(len(rows))]
+            return [range(len(bounds) - 1)]
         chunks, first = [], 0
-        for k, r in enumerate(rows):
-            if r.stop - r.start > limit:
+        for k, (start, stop) in enumerate(zip(bounds.tolist(), bounds[1:].tolist())):
+            if stop - start > limit:
                 raise ValueError(
-                    f"one update's {r.stop - r.start} examples do not fit the memory budget of "
+                    f"one update's {stop - start} examples do not fit the memory budget of "
                     f"{limit} training examples; use a smaller batch_size or a larger --data.memory_budget_mb"
                 )
-            if r.stop - rows[first].start > limit:
+            if stop - bounds[first] > limit:
                 chunks.append(range(first, k))
                 first = k
-        return [*chunks, range(first, len(rows))]
+        return [*chunks, range(first, len(bounds) - 1)]
 
     def _to_device(self, x: Tensor, y: Tensor, index: Tensor, y_out: Tensor) -> tuple[Tensor, Tensor]:
         """Examples ``index`` of the host-held split ``(x, y)`` on the device (streamed training);
@@ -556,11 +557,11 @@ class MLPModule(L.LightningModule):
         if not _unhooked(opt):
             return "a step hook is registered"
         if product >= native.NATIVE_PRODUCT:
-            return f"an update's largest matrix product, {product:,} multiply-adds, is BLAS's size"
+            return f"an update's largest matrix product, {product:,} multiply-adds, is one for threads"
         return ""
 
-    def _native_updates(self, x: Tensor, y: Tensor, z_out: Tensor, sums: Tensor, starts: list[int],
-                        scales: list[float], opt) -> None:  # fmt: skip
+    def _native_updates(self, x: Tensor, y: Tensor, z_out: Tensor, sums: Tensor, starts: np.ndarray,
+                        scales: np.ndarray, opt) -> None:  # fmt: skip
         """The updates of rows ``starts[u]:starts[u + 1]`` of ``(x, y)``, in one call of
         :func:`mlp_torch.train.native.epoch`, in place on ``self.flat``, ``self.flat_grad`` and
         the optimizer's state."""
@@ -584,7 +585,7 @@ class MLPModule(L.LightningModule):
             x.numpy(), y.numpy(), members(z_out), (sums if K > 1 else sums[:, None]).numpy(), self.net.sizes,
             starts, scales, cost=self.hparams.cost, rule=self._native_rule, l1=per_member(self.l1),
             l2=per_member(self.l2), lr=per_member(group["lr"]), alpha=per_member(group.get("alpha", 0.0)),
-            active=self._active,
+            active=self._active, threads=torch.get_num_threads(),
         )  # fmt: skip
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -594,27 +595,26 @@ class MLPModule(L.LightningModule):
         size = n if hp.batch_size == "full" else min(hp.batch_size, n)
         self._flatten_parameters()
         device = self.flat.device  # the data is on the host when streamed
-        index, rows, sizes, counts = self._epoch_shards(n, size, device)
-        chunks = self._epoch_chunks(rows)
+        index, bounds, sizes, counts = self._epoch_shards(n, size, device)
+        chunks = self._epoch_chunks(bounds)
+        U, largest = len(sizes), int(np.diff(bounds).max())  # updates; most rows of one on this rank
         streamed = len(chunks) > 1 or x.device != device
         if streamed and index is None:
             index = torch.arange(n, device=device)  # (n,)
         if index is not None and not streamed:
             x, y = loop.gather(x, index), loop.gather(y, index)  # this rank's examples in use order
         self.epoch_examples = torch.arange(n, device=device) if index is None else index  # (..., n_local)
-        self._set_threads(min(max(r.stop - r.start for r in rows), hp.chunk_size or size))
+        self._set_threads(min(largest, hp.chunk_size or size))
         self.flat.grad = self.flat_grad
         if K > 1:
             self._epoch_start = self.flat.detach().clone()  # (K, P): where a diverging member returns
-        n_local = rows[-1].stop
+        n_local = int(bounds[-1])
         lead = () if K == 1 else (K,)
         y_shape = (*lead, n_local, y.shape[-1]) if index is not None and index.dim() == 2 else (
             *y.shape[:-2], n_local, y.shape[-1])  # fmt: skip
         y_local = y if len(chunks) == 1 else y.new_empty(y_shape, device=device)
         z_out = y.new_empty((*lead, n_local, y.shape[-1]), device=device)  # each example's z_L where used
-        sums = self.flat.new_zeros(2, *lead, len(rows))  # sum |w| and sum w^2 at each update's weights
-        l1_at, l2_at = (sums[i].unbind(-1) if on else [None] * len(rows)
-                        for i, on in enumerate((loop._on(self.l1), loop._on(self.l2))))  # fmt: skip
+        sums = self.flat.new_zeros(2, *lead, U)  # sum |w| and sum w^2 at each update's weights
         opt = self.optimizers(use_pl_optimizer=False)
         step = opt.update if _unhooked(opt) else opt.step
         mean, source, every = hp.reduction == "mean", hp.grad_source, hp.crosscheck_every_n_steps
@@ -622,27 +622,30 @@ class MLPModule(L.LightningModule):
         mask = self._frozen_mask if self._masked else None  # (K, 1): frozen members take no step
         self.crosscheck_errors: list[list[float]] = []
         w = self._params.w
-        native_loop = self._native_loop(opt, min(max(r.stop - r.start for r in rows), hp.chunk_size or size))
+        native_loop = self._native_loop(opt, min(largest, hp.chunk_size or size))
+        if not native_loop:
+            l1_at, l2_at = (sums[i].unbind(-1) if on else [None] * U
+                            for i, on in enumerate((loop._on(self.l1), loop._on(self.l2))))  # fmt: skip
         with torch.no_grad():
             for updates in chunks:  # one chunk (all of this rank's examples) unless streamed
-                lo, hi = rows[updates.start].start, rows[updates.stop - 1].stop
+                lo, hi = int(bounds[updates.start]), int(bounds[updates.stop])
                 if streamed:
                     xc, yc = self._to_device(x, y, index[..., lo:hi], y_local[..., lo:hi, :])
                 else:
                     xc, yc = x, y
                 if native_loop:  # every update of the chunk in one call
-                    starts = [rows[k].start - lo for k in updates] + [hi - lo]
-                    scales = [1.0 / sizes[k] if mean else 1.0 for k in updates]
+                    starts = bounds[updates.start : updates.stop + 1] - lo  # (u + 1,)
+                    scales = 1.0 / sizes[updates.start : updates.stop] if mean else np.ones(len(updates))
                     z, at = z_out[..., lo:hi, :], sums[..., updates.start : updates.stop]
                     self._native_updates(xc, yc, z, at, starts, scales, opt)
                     continue
-                lengths = [rows[k].stop - rows[k].start for k in updates]
+                lengths = np.diff(bounds[updates.start : updates.stop + 1]).tolist()
                 batches = zip(updates, xc.split(lengths, -2), yc.split(lengths, -2),
                               z_out[..., lo:hi, :].split(lengths, -2))  # fmt: skip
                 for k, xb, yb, zb in batches:  # update k's examples, targets and z_L
                     if l1_at[k] is not None or l2_at[k] is not None:
                         loop.penalty_sums(w, l1_at[k], l2_at[k])
-                    scale = 1.0 / sizes[k] if mean else 1.0  # the GLOBAL batch's scale
+                    scale = 1.0 / int(sizes[k]) if mean else 1.0  # the GLOBAL batch's scale
                     loop.data_gradient(self.weights, self.biases, xb, yb, self.grads, cost=hp.cost,
                                        scale=scale, source=source, z_out=zb, chunk=hp.chunk_size)  # fmt: skip
                     if every and (first + k) % every == 0:
@@ -653,8 +656,8 @@ class MLPModule(L.LightningModule):
                     if mask is not None:
                         self.flat_grad.masked_fill_(mask, 0.0)
                     step()
-            self._count_updates(len(rows))
-            local = counts.new_tensor([r.stop - r.start for r in rows])  # (U,)
+            self._count_updates(U)
+            local = torch.from_numpy(np.diff(bounds)).to(device)  # (U,): this rank's rows of each update
             which = torch.repeat_interleave(local, output_size=n_local)  # (n_local,): the update of each
             train, js = loop.epoch_objective(z_out, y_local, which, counts, sums, cost=hp.cost,
                                              reduction=hp.reduction, l1=self.l1, l2=self.l2)  # fmt: skip
@@ -671,7 +674,7 @@ class MLPModule(L.LightningModule):
         self.epoch_stats = {
             "J": [m["train/J"] for m in logged],
             "first_nonfinite_update": [int(m.pop("_first_nonfinite")) for m in logged],
-            "updates": len(rows),
+            "updates": U,
             "chunks": len(chunks) if streamed else 0,  # streamed: the training split's chunks
             "lr": [m["lr"] for m in logged],
         }

@@ -20,8 +20,18 @@ the notes (:mod:`mlp_torch.model.backprop`)            here
 It reads and writes the module's own tensors (the flat parameters, their gradient, the optimizer's
 state) through zero-copy numpy views, member after member (members are independent).
 
+Two ways to the matrix products. An update on fewer than :data:`BLAS_ROWS` examples (stochastic
+descent, small mini-batches) runs the loops above; a larger one calls BLAS for its three products
+per layer (``np.dot`` in numba: scipy's OpenBLAS, on the threads the module's rule chooses, one at
+these sizes), examples :data:`BLAS_BLOCK` at a time, the rest (biases, sigmoid, output error,
+slopes, penalties, the rule) in the loops. BLAS's kernels may give two equal units different last
+bits (OpenBLAS's edge kernels sum in another order than its main ones): a member with two equal
+hidden units (the same weights in, bias and weights out, :func:`_units_distinct`, checked at each
+epoch's start: ``init="zeros"``) never uses them.
+
 :mod:`mlp_torch.model.backprop` stays THE readable implementation: ``tests/test_native.py`` checks
-this loop against it and the optimizers' own ``step()`` for every combination covered. The sums
+this loop against it and the optimizers' own ``step()`` for every combination covered, on both
+ways. The sums
 over a layer's inputs may be reassociated (numba's ``fastmath`` flags ``reassoc``, ``nsz``,
 ``arcp``, so that they run as SIMD; never ``nnan``/``ninf``: a NaN or an inf stays one and a
 diverging run is still caught); the loops whose SIMD lanes are a layer's units (the gradients and
@@ -36,13 +46,16 @@ the optimizer's rule are computed element by element with the very operations of
 What it covers: any depth, both costs, L1 and L2, both reductions, batch 1, mini-batches and the
 full batch (in chunks or not: the sum over the examples is the same), ``GradientDescent``,
 ``Momentum`` and ``HeavyBall`` (and Nesterov's variant), float32 and float64, K >= 1 members. The
-module uses it on the CPU for updates whose largest matrix product is small (a member's below
-:data:`NATIVE_PRODUCT`, where BLAS's blocked products stop paying) when nothing needs the torch loop:
+module uses it on the CPU for updates whose largest matrix product is a one-thread one (a member's
+below :data:`NATIVE_PRODUCT`, the threads' rule's line) when nothing needs the torch loop:
 autograd as the gradient source, the cross-check, another optimizer or a step hook, several
 processes (DDP's collective per update), CUDA. ``--model.native false`` turns it off.
 """
 
 from __future__ import annotations
+
+import contextlib
+import math
 
 import numpy as np
 
@@ -51,15 +64,17 @@ __all__ = ["NATIVE_PRODUCT", "RULES", "available", "epoch", "warm", "why_unavail
 RULES = {"GradientDescent": 0, "Momentum": 1, "HeavyBall": 2, "Nesterov": 3}
 COSTS = {"quadratic": 0, "cross_entropy": 1}
 FASTMATH = {"reassoc", "nsz", "arcp"}  # sums may be reordered; NaN and inf stay IEEE
+BLAS_ROWS = 8  # updates on at least this many examples: the products by BLAS (see _epoch)
+BLAS_BLOCK = 1024  # ... in blocks of at most this many (the activations of a block stay small)
 BLOCK = 128  # examples of a batch processed together (the activations of a block stay in cache)
-# A member's largest matrix product per update below which this loop trains: above it BLAS's
-# blocked products (the torch loop) win. Measured on the default 64-100-10 network, microseconds per
-# update of the whole module, native against torch: batch 100 241 vs 270, 200 311 vs 308, 400 645
-# vs 553, the full 1,078 1,706 vs 1,615; 200 x 64 x 100 = 1.3 M multiply-adds.
-NATIVE_PRODUCT = 1 << 21
+# A member's largest matrix product per update below which this loop trains: the same line as the
+# threads' (mlp_torch.train.threads.SMALL_PRODUCT, one thread below it): above it the torch loop's
+# products run on every core.
+NATIVE_PRODUCT = 1 << 26
 
 try:
     import numba
+    import numba.extending
 except ImportError as err:  # the torch loop trains then
     numba, _import_error = None, err
 else:
@@ -77,7 +92,10 @@ def why_unavailable() -> str:
 
 def _compiled(fastmath):
     def decorate(fn):
-        return numba.njit(cache=True, fastmath=fastmath, nogil=True)(fn) if numba is not None else fn
+        if numba is None:
+            return fn
+        # error_model numpy: x / 0 is inf, unchecked (a check per division keeps a loop from SIMD)
+        return numba.njit(cache=True, fastmath=fastmath, nogil=True, error_model="numpy")(fn)
 
     return decorate
 
@@ -86,11 +104,17 @@ _sums_may_reorder = _compiled(FASTMATH)
 _exact = _compiled(False)
 
 
-# Constants of the exponential in _sigmoid: exp(x) = 2^k exp(t), k = round(x / ln 2), |t| <= ln(2)/2
+# Constants of the exponential in the sigmoids: exp(x) = 2^k exp(t), k = round(x / ln 2), |t| <= ln(2)/2
 LOG2E = 1.4426950408889634
 LN2_HI, LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10  # ln 2 = LN2_HI + LN2_LO
 ROUND = 6755399441055744.0  # 1.5 * 2^52: x + ROUND rounds x to an integer held in the low bits ...
 ROUND_BITS = 4843621399236968448  # ... of this bit pattern (ROUND's)
+# the same in float32 (Cephes' expf): ln 2 = LN2_HI32 + LN2_LO32, ROUND32 = 1.5 * 2^23
+LOG2E32, LN2_HI32, LN2_LO32 = np.float32(LOG2E), np.float32(0.693359375), np.float32(-2.12194440e-4)
+ROUND32, ROUND_BITS32 = np.float32(12582912.0), np.int32(1262485504)
+LOW32, HIGH32, ONE32 = np.float32(-87.0), np.float32(88.0), np.float32(1.0)
+TAYLOR32 = [np.float32(1 / math.factorial(i)) for i in range(8)]  # 1/i!, i <= 7
+C2, C3, C4, C5, C6, C7 = TAYLOR32[2:]
 
 
 @_sums_may_reorder
@@ -105,19 +129,28 @@ def _forward(W, b, A, Z, zero):
             Z[r, j] = z + b[j]
 
 
+def _sigmoid(Z, A, power):
+    """``A = f(Z) = 1 / (1 + exp(-Z))`` (in native code: :func:`_sigmoid64` or :func:`_sigmoid32`
+    by the dtype; ``power`` a buffer of at least a row's length, of the same dtype)."""
+    raise NotImplementedError("only in native code")
+
+
 @_exact
-def _sigmoid(Z, A, power, bits):
-    """``A = f(Z) = 1 / (1 + exp(-Z))``, the exponential computed here so that it runs as SIMD
-    (a call of the C library's ``exp`` per value cost twice the rest of a layer): Cody and
+def _sigmoid64(Z, A, power):
+    """``A = f(Z) = 1 / (1 + exp(-Z))`` in float64, the exponential computed here so that it runs
+    as SIMD (a call of the C library's ``exp`` per value cost twice the rest of a layer): Cody and
     Waite's reduction ``exp(x) = 2^k exp(t)`` and ``exp(t)`` by its Taylor series to ``t^13``
-    (1 unit in the last place, as the library's), ``2^k`` built from its bits in ``power``
-    (``bits`` is the same buffer, read as integers). ``x`` is kept within [-708, 709], where
-    ``f`` is 1 or below 1e-307 whatever ``x`` beyond; a NaN stays a NaN. No reordering here: the
-    rounding trick needs the additions as written."""
+    (1 unit in the last place, as the library's), ``2^k`` built from its bits in ``power``. ``x`` is
+    kept within [-708, 709], where ``f`` is 1 or below 1e-307 whatever ``x`` beyond; a NaN stays a
+    NaN (through ``t``, whatever ``2^k``'s bits). No reordering here: the rounding trick needs the
+    additions as written."""
+    bits = power.view(np.int64)
     n = Z.shape[1]
     for r in range(Z.shape[0]):
         for j in range(n):
-            x = min(max(-float(Z[r, j]), -708.0), 709.0)
+            x = -Z[r, j]
+            x = -708.0 if x < -708.0 else x  # (comparisons: a NaN stays one)
+            x = 709.0 if x > 709.0 else x
             m = x * LOG2E + ROUND
             k = m - ROUND  # round(x / ln 2)
             t = (x - k * LN2_HI) - k * LN2_LO
@@ -129,9 +162,40 @@ def _sigmoid(Z, A, power, bits):
         for j in range(n):
             bits[j] = (bits[j] - ROUND_BITS + 1023) << 52  # 2^k
         for j in range(n):
-            z = Z[r, j]
-            v = 1.0 / (1.0 + A[r, j] * power[j])
-            A[r, j] = v if z == z else z
+            A[r, j] = 1.0 / (1.0 + A[r, j] * power[j])  # NaN where z is: x and t were
+
+
+@_exact
+def _sigmoid32(Z, A, power):
+    """:func:`_sigmoid64` in float32 arithmetic, twice the SIMD lanes: ``exp(t)`` to ``t^7`` (its
+    remainder below 5e-9, a tenth of float32's unit in the last place), ``x`` within [-87, 88];
+    over the block's values as one row, ``len(power)`` at a time."""
+    z, a = Z.reshape(Z.size), A.reshape(A.size)
+    bits = power.view(np.int32)
+    for lo in range(0, len(z), len(power)):
+        n = min(len(power), len(z) - lo)
+        zc, ac = z[lo : lo + n], a[lo : lo + n]
+        for j in range(n):
+            x = -zc[j]
+            x = LOW32 if x < LOW32 else x
+            x = HIGH32 if x > HIGH32 else x
+            m = x * LOG2E32 + ROUND32
+            k = m - ROUND32  # round(x / ln 2)
+            t = (x - k * LN2_HI32) - k * LN2_LO32
+            ac[j] = ONE32 + t * (ONE32 + t * (C2 + t * (C3 + t * (C4 + t * (C5 + t * (C6 + t * C7))))))
+            power[j] = m
+        for j in range(n):
+            bits[j] = (bits[j] - ROUND_BITS32 + np.int32(127)) << np.int32(23)  # 2^k
+        for j in range(n):
+            ac[j] = ONE32 / (ONE32 + ac[j] * power[j])
+
+
+if numba is not None:
+
+    @numba.extending.overload(_sigmoid)
+    def _sigmoid_by_dtype(Z, A, power):
+        return (lambda Z, A, power: _sigmoid32(Z, A, power)) if Z.dtype == numba.types.float32 else (
+            lambda Z, A, power: _sigmoid64(Z, A, power))  # fmt: skip
 
 
 @_sums_may_reorder
@@ -249,8 +313,69 @@ def _views(flat, at, shapes, k):
 
 
 @_exact
+def _units_distinct(w, w_at, b_at, shapes):
+    """Whether no two hidden units of a layer are equal: the same weights in, bias and weights out.
+    Each unit gets a fingerprint (a fixed weighted sum of its numbers, the same operations for every
+    unit, so equal units get equal ones); units whose fingerprints tie are compared in full."""
+    for i in range(len(w_at) - 1):
+        n, n_in, n_next = shapes[i, 0], shapes[i, 1], shapes[i + 1, 0]
+        W = w[w_at[i] : w_at[i] + n * n_in].reshape(n, n_in)  # (n, n_in): into the units
+        V = w[w_at[i + 1] : w_at[i + 1] + n_next * n].reshape(n_next, n)  # (n_next, n): out of them
+        b = w[b_at[i] : b_at[i] + n]
+        into = np.array([1.0 + ((c + 1) * 0.6180339887498949) % 1.0 for c in range(n_in)])
+        out = np.array([2.0 + ((q + 1) * 0.4142135623730951) % 1.0 for q in range(n_next)])
+        keys = np.empty(n)
+        for j in range(n):
+            key = 0.7548776662466927 * b[j]
+            for c in range(n_in):
+                key += into[c] * W[j, c]
+            for q in range(n_next):
+                key += out[q] * V[q, j]
+            keys[j] = key
+        order = np.argsort(keys)
+        for t in range(n - 1):
+            j, h = order[t], order[t + 1]
+            if keys[j] == keys[h] and b[j] == b[h] and (W[j] == W[h]).all() and (V[:, j] == V[:, h]).all():
+                return False
+    return True
+
+
+@_exact
+def _add_bias(Z, b):
+    for r in range(Z.shape[0]):
+        for j in range(Z.shape[1]):
+            Z[r, j] += b[j]
+
+
+@_exact
+def _bias_gradient(gb, D, first):
+    """``dJ/db = sum delta`` over the examples, in their order (added to ``gb`` unless ``first``)."""
+    for j in range(D.shape[1]):
+        gb[j] = D[0, j] if first else gb[j] + D[0, j]
+    for r in range(1, D.shape[0]):
+        for j in range(D.shape[1]):
+            gb[j] += D[r, j]
+
+
+@_exact
+def _add_to(G, H):
+    for j in range(G.shape[0]):
+        for c in range(G.shape[1]):
+            G[j, c] += H[j, c]
+
+
+@_exact
+def _times_slope(D, A, one):
+    """``delta *= a (1 - a)``, the sigmoid's derivative at the layer's inputs ``a``."""
+    for r in range(D.shape[0]):
+        for c in range(D.shape[1]):
+            a = A[r, c]
+            D[r, c] = D[r, c] * (a * (one - a))
+
+
+@_exact
 def _epoch(flat, grad, state, x, y, z_out, sums, sizes, starts, scales, cost, rule, l1, l2, lr, alpha, active,
-           zero, one):  # fmt: skip
+           blas_block, zero, one):  # fmt: skip
     L = len(sizes) - 1
     w_at = np.zeros(L, np.int64)
     b_at = np.zeros(L, np.int64)
@@ -264,42 +389,73 @@ def _epoch(flat, grad, state, x, y, z_out, sums, sizes, starts, scales, cost, ru
     for i in range(L):
         b_at[i] = offset
         offset += sizes[i + 1]
-    block = 1
+    block, largest = 1, 1
     for u in range(len(starts) - 1):
         block = max(block, min(starts[u + 1] - starts[u], BLOCK))
+        largest = max(largest, starts[u + 1] - starts[u])
+    if largest >= BLAS_ROWS:
+        block = max(block, min(largest, blas_block))  # an update's products in few calls of BLAS
     dtype = flat.dtype
     acts = [np.empty((block, sizes[i + 1]), dtype=dtype) for i in range(L)]  # a_1, ..., a_L of a block
     zs = [np.empty((block, sizes[i + 1]), dtype=dtype) for i in range(L - 1)]  # z_1, ..., z_{L-1}
     deltas = [np.empty((block, sizes[i + 1]), dtype=dtype) for i in range(L)]  # delta_1, ..., delta_L
-    power = np.empty(sizes.max(), dtype=np.float64)  # _sigmoid's 2^k, and its bits:
-    bits = power.view(np.int64)
+    power = np.empty(max(sizes.max(), 256), dtype=dtype)  # _sigmoid's 2^k
     pair = np.zeros(2, dtype=dtype)
+    more = [np.empty((sizes[i + 1], sizes[i]), dtype=dtype) for i in range(L if largest > blas_block else 0)]
     for k in range(flat.shape[0]):
         if not active[k]:
             continue
         w, g, buffer = flat[k], grad[k], state[k]
         Ws, gWs = _views(flat, w_at, shapes, k), _views(grad, w_at, shapes, k)
         xk, yk, zk = x[min(k, x.shape[0] - 1)], y[min(k, y.shape[0] - 1)], z_out[k]
+        blas = largest >= BLAS_ROWS and _units_distinct(w, w_at, b_at, shapes)
         for u in range(len(starts) - 1):
             if l1[k] != zero or l2[k] != zero:
                 _penalty_sums(w, n_weights, pair, zero)
                 sums[0, k, u], sums[1, k, u] = pair[0], pair[1]
-            for r0 in range(starts[u], starts[u + 1], block):
-                r1 = min(r0 + block, starts[u + 1])
-                B = r1 - r0
-                A = xk[r0:r1]
-                for i in range(L):
-                    Z = zk[r0:r1] if i == L - 1 else zs[i][:B]  # z_L is kept: each example's cost
-                    _forward(Ws[i], w[b_at[i] : b_at[i] + sizes[i + 1]], A, Z, zero)
-                    _sigmoid(Z, acts[i][:B], power, bits)
-                    A = acts[i][:B]
-                _output_error(A, yk[r0:r1], deltas[L - 1][:B], cost, scales[u], one)
-                for i in range(L - 1, -1, -1):
-                    A_in = acts[i - 1][:B] if i else xk[r0:r1]
-                    gb = g[b_at[i] : b_at[i] + sizes[i + 1]]
-                    _gradient(gWs[i], gb, deltas[i][:B], A_in, r0 == starts[u])
-                    if i:
-                        _back(Ws[i], deltas[i][:B], A_in, deltas[i - 1][:B], zero, one)
+            r0, r1 = starts[u], starts[u + 1]
+            if blas and r1 - r0 >= BLAS_ROWS:  # the update's matrix products by BLAS
+                for b0 in range(r0, r1, blas_block):
+                    b1 = min(b0 + blas_block, r1)
+                    B = b1 - b0
+                    A = xk[b0:b1]
+                    for i in range(L):
+                        Z = zk[b0:b1] if i == L - 1 else zs[i][:B]  # z_L is kept: each example's cost
+                        np.dot(A, Ws[i].T, Z)  # (B, n_out)
+                        _add_bias(Z, w[b_at[i] : b_at[i] + sizes[i + 1]])
+                        _sigmoid(Z, acts[i][:B], power)
+                        A = acts[i][:B]
+                    _output_error(A, yk[b0:b1], deltas[L - 1][:B], cost, scales[u], one)
+                    for i in range(L - 1, -1, -1):
+                        A_in = acts[i - 1][:B] if i else xk[b0:b1]
+                        gb = g[b_at[i] : b_at[i] + sizes[i + 1]]
+                        if b0 == r0:
+                            np.dot(deltas[i][:B].T, A_in, gWs[i])  # (n_out, n_in)
+                            _bias_gradient(gb, deltas[i][:B], True)
+                        else:  # a later block of a large update: added to the earlier blocks'
+                            np.dot(deltas[i][:B].T, A_in, more[i])
+                            _add_to(gWs[i], more[i])
+                            _bias_gradient(gb, deltas[i][:B], False)
+                        if i:
+                            np.dot(deltas[i][:B], Ws[i], deltas[i - 1][:B])  # (B, n_in)
+                            _times_slope(deltas[i - 1][:B], A_in, one)
+            else:
+                for r0 in range(starts[u], starts[u + 1], block):
+                    r1 = min(r0 + block, starts[u + 1])
+                    B = r1 - r0
+                    A = xk[r0:r1]
+                    for i in range(L):
+                        Z = zk[r0:r1] if i == L - 1 else zs[i][:B]
+                        _forward(Ws[i], w[b_at[i] : b_at[i] + sizes[i + 1]], A, Z, zero)
+                        _sigmoid(Z, acts[i][:B], power)
+                        A = acts[i][:B]
+                    _output_error(A, yk[r0:r1], deltas[L - 1][:B], cost, scales[u], one)
+                    for i in range(L - 1, -1, -1):
+                        A_in = acts[i - 1][:B] if i else xk[r0:r1]
+                        gb = g[b_at[i] : b_at[i] + sizes[i + 1]]
+                        _gradient(gWs[i], gb, deltas[i][:B], A_in, r0 == starts[u])
+                        if i:
+                            _back(Ws[i], deltas[i][:B], A_in, deltas[i - 1][:B], zero, one)
             _step(w, g, buffer, rule, l1[k], l2[k], lr[k], alpha[k], n_weights, zero, one)
 
 
@@ -322,6 +478,8 @@ def epoch(
     lr,
     alpha,
     active,
+    threads: int = 1,
+    blas_block: int = BLAS_BLOCK,
 ) -> None:
     """Every update of one epoch, in place. ``flat``, ``grad`` and ``state`` ``(K, P)``: numpy views
     of the module's parameters, gradient (left holding each member's last update's) and the
@@ -329,12 +487,46 @@ def epoch(
     order; ``z_out`` ``(K, n, n_L)`` gets each example's ``z_L``, ``sums`` ``(2, K, U)`` the
     penalties' sums at each update's weights (where a penalty is on); ``sizes`` the layer sizes;
     update ``u`` uses rows ``starts[u]:starts[u + 1]`` weighted by ``scales[u]``; ``l1``, ``l2``,
-    ``lr``, ``alpha``, ``active`` one per member (inactive members are left as they are)."""
+    ``lr``, ``alpha``, ``active`` one per member (inactive members are left as they are);
+    ``threads`` the BLAS threads of updates on :data:`BLAS_ROWS` examples or more, which take
+    their examples ``blas_block`` at a time."""
     dtype = flat.dtype
-    _epoch(flat, grad, flat if state is None else state, x, y, z_out, sums, np.asarray(sizes, np.int64),
-           np.asarray(starts, np.int64), np.asarray(scales, dtype), COSTS[cost], rule,
-           *(np.asarray(v, dtype) for v in (l1, l2, lr, alpha)), np.asarray(active, np.bool_),
-           dtype.type(0), dtype.type(1))  # fmt: skip
+    starts = np.asarray(starts, np.int64)
+    blas = len(starts) > 1 and int(np.diff(starts).max()) >= BLAS_ROWS
+    with _blas_threads(threads if blas else None):
+        _epoch(flat, grad, flat if state is None else state, x, y, z_out, sums,
+               np.asarray(sizes, np.int64), starts, np.asarray(scales, dtype), COSTS[cost],
+               rule, *(np.asarray(v, dtype) for v in (l1, l2, lr, alpha)), np.asarray(active, np.bool_),
+               blas_block, dtype.type(0), dtype.type(1))  # fmt: skip
+
+
+_blas_libraries = None  # threadpoolctl's controllers of the BLAS libraries loaded (found once)
+
+
+@contextlib.contextmanager
+def _blas_threads(threads):
+    """BLAS's libraries on ``threads`` threads for the epoch (OpenBLAS would split a product of a
+    few hundred thousand multiply-adds over every core; :mod:`mlp_torch.train.threads`' rule is one
+    thread at the sizes this loop trains), as they were after; ``None``: left alone."""
+    global _blas_libraries
+    if threads is None:
+        yield
+        return
+    if _blas_libraries is None:
+        import scipy.linalg.cython_blas  # noqa: F401 (the BLAS numba's products call: loaded before looking)
+        from threadpoolctl import ThreadpoolController
+
+        _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [lib.get_num_threads() for lib in _blas_libraries]
+    for lib, n in zip(_blas_libraries, before):
+        if n != threads:
+            lib.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_blas_libraries, before):
+            if n != threads:
+                lib.set_num_threads(n)
 
 
 def warm() -> None:
