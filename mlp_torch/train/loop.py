@@ -206,8 +206,11 @@ def epoch_objective(
         total = total / counts.sum()
         per_update = per_update / counts
     lead = sums.shape[1:-1]
-    coefficients = torch.stack([torch.as_tensor(c, dtype=sums.dtype, device=sums.device).expand(lead)
-                                for c in (l1, l2)])  # (2, ...)  # fmt: skip
-    penalties = sums * coefficients[..., None]  # (2, ..., U)
+    if isinstance(l1, Tensor) or isinstance(l2, Tensor):
+        coefficients = torch.stack([torch.as_tensor(c, dtype=sums.dtype, device=sums.device).expand(lead)
+                                    for c in (l1, l2)])[..., None]  # (2, ..., 1)  # fmt: skip
+    else:  # numbers: one small tensor
+        coefficients = sums.new_tensor([l1, l2]).view(2, *[1] * (sums.dim() - 1))  # (2, 1, ...)
+    penalties = sums * coefficients  # (2, ..., U)
     p1, p2 = penalties.mean(-1)
     return {"cost": total, "l1": p1, "l2": p2, "J": total + p1 + p2}, per_update + penalties.sum(0)

@@ -471,6 +471,30 @@ class MLPModule(L.LightningModule):
         """This process's rank and the number of processes sharing each update."""
         return self.trainer.global_rank, self.trainer.world_size
 
+    def _cached(self, key: tuple, make):
+        """``make()``, made once per ``key`` and kept (the last few): what every epoch of a run
+        rebuilds the same (its updates' row of each example, ``arange(n)``)."""
+        cache = self.__dict__.setdefault("_epoch_cache", {})
+        if key not in cache:
+            if len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            cache[key] = make()
+        return cache[key]
+
+    def _sparsity(self) -> dict[str, Tensor | list[float]]:
+        """``sparsity/layer_i``: the fraction of layer ``i``'s weights below :data:`NEAR_ZERO` in
+        size, of each member (on the CPU by numpy: one pass over the flat weights, not four
+        tensor operations per layer)."""
+        weights = self.net.weights
+        if self.flat.device.type != "cpu":
+            return {f"sparsity/layer_{i}": (W.abs() < NEAR_ZERO).to(W.dtype).mean(dim=(-2, -1))
+                    for i, W in enumerate(weights)}  # fmt: skip
+        w = self._params.w.detach().numpy()  # (P_w,) or (K, P_w): every weight, layer after layer
+        sizes = [W.shape[-2] * W.shape[-1] for W in weights]
+        starts = np.cumsum([0, *sizes[:-1]])
+        small = np.add.reduceat(np.abs(w) < NEAR_ZERO, starts, axis=-1) / np.asarray(sizes)  # (..., L)
+        return {f"sparsity/layer_{i}": np.atleast_2d(small)[:, i].tolist() for i in range(len(weights))}
+
     def _epoch_shards(
         self, n: int, size: int, device
     ) -> tuple[Tensor | None, np.ndarray, np.ndarray, Tensor]:
@@ -603,7 +627,8 @@ class MLPModule(L.LightningModule):
             index = torch.arange(n, device=device)  # (n,)
         if index is not None and not streamed:
             x, y = loop.gather(x, index), loop.gather(y, index)  # this rank's examples in use order
-        self.epoch_examples = torch.arange(n, device=device) if index is None else index  # (..., n_local)
+        self.epoch_examples = index if index is not None else self._cached(
+            ("arange", n, device), lambda: torch.arange(n, device=device))  # (..., n_local)  # fmt: skip
         self._set_threads(min(largest, hp.chunk_size or size))
         self.flat.grad = self.flat_grad
         if K > 1:
@@ -657,8 +682,8 @@ class MLPModule(L.LightningModule):
                         self.flat_grad.masked_fill_(mask, 0.0)
                     step()
             self._count_updates(U)
-            local = torch.from_numpy(np.diff(bounds)).to(device)  # (U,): this rank's rows of each update
-            which = torch.repeat_interleave(local, output_size=n_local)  # (n_local,): the update of each
+            which = self._cached(("which", bounds.tobytes(), device), lambda: torch.repeat_interleave(
+                torch.from_numpy(np.diff(bounds)).to(device), output_size=n_local))  # (n_local,)  # fmt: skip
             train, js = loop.epoch_objective(z_out, y_local, which, counts, sums, cost=hp.cost,
                                              reduction=hp.reduction, l1=self.l1, l2=self.l2)  # fmt: skip
         nonfinite = ~torch.isfinite(js.reshape(K, -1))  # (K, U): the updates whose J was inf or NaN
@@ -666,8 +691,7 @@ class MLPModule(L.LightningModule):
         lrs = opt.param_groups[0]["lr"]
         metrics = {f"train/{k}": v for k, v in train.items()}
         metrics["lr"] = lrs
-        for i, W in enumerate(self.net.weights):
-            metrics[f"sparsity/layer_{i}"] = (W.abs() < NEAR_ZERO).to(W.dtype).mean(dim=(-2, -1))
+        metrics.update(self._sparsity())
         if self.crosscheck_errors:
             metrics["gradcheck/max_rel_err"] = torch.tensor(self.crosscheck_errors).amax(0)  # (K,)
         logged = self.log_epoch({**metrics, "_first_nonfinite": first_bad})
@@ -709,7 +733,8 @@ class MLPModule(L.LightningModule):
             for m, record in enumerate(self.epoch_log if hasattr(self, "epoch_log") else []):
                 record.update({k: v for k, v in logged[m].items() if not k.startswith("_")})
             if K == 1:
-                self.trainer.callback_metrics.update({k: torch.tensor(v[0]) for k, v in values.items()})
+                firsts = torch.tensor([v[0] for v in values.values()]).unbind()  # floats
+                self.trainer.callback_metrics.update(zip(values, firsts))
         return logged
 
     def _count_updates(self, k: int) -> None:
