@@ -493,11 +493,22 @@ def epoch(
     dtype = flat.dtype
     starts = np.asarray(starts, np.int64)
     blas = len(starts) > 1 and int(np.diff(starts).max()) >= BLAS_ROWS
+    # C-contiguous arrays only (one compiled signature per dtype; numba's np.dot needs them): the
+    # inputs copied where they are views with gaps (a sweep's chunk of a streamed epoch), the
+    # outputs written through contiguous copies
+    for a in (flat, grad, state):
+        if a is not None and not a.flags.c_contiguous:
+            raise ValueError("the parameters, gradient and state must be C-contiguous")
+    x, y, z, s = (np.ascontiguousarray(a) for a in (x, y, z_out, sums))
     with _blas_threads(threads if blas else None):
-        _epoch(flat, grad, flat if state is None else state, x, y, z_out, sums,
+        _epoch(flat, grad, flat if state is None else state, x, y, z, s,
                np.asarray(sizes, np.int64), starts, np.asarray(scales, dtype), COSTS[cost],
                rule, *(np.asarray(v, dtype) for v in (l1, l2, lr, alpha)), np.asarray(active, np.bool_),
                blas_block, dtype.type(0), dtype.type(1))  # fmt: skip
+    if z is not z_out:
+        z_out[...] = z
+    if s is not sums:
+        sums[...] = s
 
 
 _blas_libraries = None  # threadpoolctl's controllers of the BLAS libraries loaded (found once)
