@@ -271,38 +271,40 @@ def _penalty_sums(w, n_weights, out, zero):
 
 @_exact
 def _step(w, g, state, rule, l1, l2, lr, alpha, n_weights, zero, one):
-    """The penalties' gradient (weights only), then the optimizer's rule, with the operations of
-    :mod:`mlp_torch.model.optim` in their order: ``g += l1 sign(w)``, ``g += 2 l2 w``; gradient
-    descent ``w += -lr g``; the notes' momentum ``dw = alpha dw + ((alpha - 1) lr) g``,
-    ``w += dw``; heavy ball ``v = alpha v + g``, ``w += -lr v`` (Nesterov: ``-lr (g + alpha v)``)."""
-    if l1 != zero:
-        for p in range(n_weights):
-            v = w[p]
-            g[p] += l1 * ((v > zero) * one - (v < zero) * one)
-    if l2 != zero:
-        two_l2 = (one + one) * l2
-        for p in range(n_weights):
-            g[p] += two_l2 * w[p]
-    m = -lr
-    if rule == 0:
-        for p in range(len(w)):
-            w[p] += m * g[p]
-    elif rule == 1:
-        c = (alpha - one) * lr
-        for p in range(len(w)):
-            dw = state[p] * alpha + g[p] * c
+    """The penalties' gradient (weights only), then the optimizer's rule, in one pass over the
+    parameters with the operations of :mod:`mlp_torch.model.optim` in their order, element by
+    element: ``g += l1 sign(w)``, ``g += 2 l2 w``; gradient descent ``w += -lr g``; the notes'
+    momentum ``dw = alpha dw + ((alpha - 1) lr) g``, ``w += dw``; heavy ball ``v = alpha v + g``,
+    ``w += -lr v`` (Nesterov: ``-lr (g + alpha v)``)."""
+    two_l2 = (one + one) * l2
+    _rule(w[:n_weights], g[:n_weights], state[:n_weights], rule, l1, two_l2, lr, alpha, zero, one)
+    _rule(w[n_weights:], g[n_weights:], state[n_weights:], rule, zero, zero, lr, alpha, zero, one)
+
+
+@_exact
+def _rule(w, g, state, rule, l1, two_l2, lr, alpha, zero, one):
+    m, c = -lr, (alpha - one) * lr
+    for p in range(len(w)):
+        v, gp = w[p], g[p]
+        if l1 != zero:
+            gp += l1 * ((v > zero) * one - (v < zero) * one)
+        if two_l2 != zero:
+            gp += two_l2 * v
+        g[p] = gp
+        if rule == 0:
+            w[p] = v + m * gp
+        elif rule == 1:
+            dw = state[p] * alpha + gp * c
             state[p] = dw
-            w[p] += dw
-    elif rule == 2:
-        for p in range(len(w)):
-            u = state[p] * alpha + g[p]
+            w[p] = v + dw
+        elif rule == 2:
+            u = state[p] * alpha + gp
             state[p] = u
-            w[p] += m * u
-    else:
-        for p in range(len(w)):
-            u = state[p] * alpha + g[p]
+            w[p] = v + m * u
+        else:
+            u = state[p] * alpha + gp
             state[p] = u
-            w[p] += m * (g[p] + alpha * u)
+            w[p] = v + m * (gp + alpha * u)
 
 
 @_exact
