@@ -16,6 +16,8 @@ between the page's markers ``<!-- benchmark:performance/<machine>.json -->`` and
 
    - ``C epoch (the limit)``: the same epochs in C (:data:`C_EPOCH`, ``-O3 -march=native``): what a
      loop over these arrays reaches on this CPU;
+   - ``native epoch alone``: ``mlp_torch.train.native.epoch`` called directly once per epoch, as
+     ``MLPModule`` calls it: the compiled loop without Lightning and the module's epoch work;
    - ``numpy``: a hand-written numpy loop (at batch 1 with vectors: ``W @ x``, ``np.outer``);
    - ``torch plain``: plain tensors, hand-written backprop and momentum, no optimizer class;
    - ``torch autograd+SGD``: ``nn.Sequential``, autograd and ``torch.optim.SGD(momentum=0.9,
@@ -196,6 +198,32 @@ def numpy_loop(x: np.ndarray, y: np.ndarray, batch, epochs: int) -> tuple[float,
                 W[j] += dW[j]
                 b[j] += db[j]
             updates += 1
+    return time.perf_counter() - start, updates
+
+
+def native_epoch_loop(x: np.ndarray, y: np.ndarray, batch, epochs: int) -> tuple[float, int]:
+    """``mlp_torch.train.native.epoch`` called as ``MLPModule`` calls it, once per epoch on the
+    epoch's rows in its shuffle order (the default objective, damped momentum): the compiled loop
+    without Lightning's loop and the module's work around it (J, metrics, logging)."""
+    from mlp_torch.train import native
+
+    net = SigmoidMLP([64, 100, 10], seed=0).to(torch.float32)
+    flat = torch.cat([p.detach().reshape(-1) for p in [*net.weights, *net.biases]])[None].numpy().copy()
+    grad, state = np.zeros_like(flat), np.zeros_like(flat)
+    n = len(x)
+    size = n if batch == "full" else batch
+    starts = np.append(np.arange(0, n, size), n)
+    scales = 1.0 / np.diff(starts)
+    z, sums = np.empty((1, n, y.shape[1]), x.dtype), np.zeros((2, 1, len(scales)), x.dtype)
+    start, updates = 0.0, 0
+    for epoch in range(epochs):
+        if epoch == 1:
+            start, updates = time.perf_counter(), 0
+        order = np.arange(n) if batch == "full" else epoch_permutation(n, 0, epoch).numpy()
+        native.epoch(flat, grad, state, x[order][None], y[order][None], z, sums, [64, 100, 10], starts,
+                     scales, cost="cross_entropy", rule=native.RULES["Momentum"], l1=[0.0], l2=[DEFAULT_L2],
+                     lr=[DEFAULT_LR], alpha=[DEFAULT_ALPHA], active=[True])  # fmt: skip
+        updates += len(scales)
     return time.perf_counter() - start, updates
 
 
@@ -612,6 +640,7 @@ def per_update(rounds: int, device: str) -> dict:
     torch.set_num_threads(choose_num_threads([64, 100, 10], 16))
     methods = {
         "C epoch (the limit)": lambda b, e: c_epoch_loop(xn, yn, b, e),
+        "native epoch alone": lambda b, e: native_epoch_loop(xn, yn, b, e),
         "numpy": lambda b, e: numpy_loop(xn, yn, b, e),
         "torch plain": lambda b, e: torch_plain_loop(xd, yd, b, e, device),
         "torch autograd+SGD": lambda b, e: torch_autograd_loop(xd, yd, b, e, device),
