@@ -258,3 +258,28 @@ def test_the_native_loop_trains_where_one_thread_does():
     from mlp_torch.train.threads import SMALL_PRODUCT
 
     assert native.NATIVE_PRODUCT == SMALL_PRODUCT
+
+
+def test_views_with_gaps_are_read_and_written_as_contiguous_arrays():
+    """A sweep's chunk of a streamed epoch hands over views with gaps (``z_out[:, lo:hi]``): the
+    same epoch as on contiguous arrays, written into the views and nowhere else."""
+    sizes, dtype, K, batch = [3, 6, 2], torch.float64, 2, native.BLAS_ROWS + 1
+    net = SigmoidMLP(sizes, seed=3).to(dtype)
+    x, y = problem(sizes, "cross_entropy", dtype, seed=3)
+    flat, z, sums = compiled(net, x, y, batch, 1, "cross_entropy", 1e-3, 1e-3, "mean", "Momentum", members=K)
+    starts = [*range(0, N, batch), N]
+    U = len(starts) - 1
+    flat2 = torch.cat([p.detach().reshape(-1) for p in [*net.weights, *net.biases]]).repeat(K, 1)
+    z_big, sums_big = torch.full((K, N + 4, 2), 7.0, dtype=dtype), torch.full((2, K, U + 2), 7.0, dtype=dtype)
+    z_view, sums_view = z_big[:, 2 : 2 + N].numpy(), sums_big[..., 1 : 1 + U].numpy()
+    assert not z_view.flags.c_contiguous and not sums_view.flags.c_contiguous
+    grad, state = torch.zeros_like(flat2), torch.zeros_like(flat2)
+    scales = [1.0 / (b - a) for a, b in zip(starts, starts[1:])]
+    native.epoch(
+        flat2.numpy(), grad.numpy(), state.numpy(), x[None].numpy(), y[None].numpy(), z_view, sums_view,
+        sizes, starts, scales, cost="cross_entropy", rule=native.RULES["Momentum"], l1=[1e-3] * K,
+        l2=[1e-3] * K, lr=[0.7] * K, alpha=[0.9] * K, active=[True] * K,
+    )  # fmt: skip
+    assert torch.equal(flat2, flat) and torch.equal(z_big[:, 2 : 2 + N], z)
+    assert torch.equal(sums_big[..., 1 : 1 + U], sums)
+    assert (z_big[:, :2] == 7).all() and (z_big[:, 2 + N :] == 7).all() and (sums_big[..., 0] == 7).all()
