@@ -391,16 +391,15 @@ def _epoch(flat, grad, state, x, y, z_out, sums, sizes, starts, scales, cost, ru
     for i in range(L):
         b_at[i] = offset
         offset += sizes[i + 1]
-    block, largest = 1, 1
+    block, largest = 1, 1  # examples per block of the loops; most examples of one update
     for u in range(len(starts) - 1):
         block = max(block, min(starts[u + 1] - starts[u], BLOCK))
         largest = max(largest, starts[u + 1] - starts[u])
-    if largest >= BLAS_ROWS:
-        block = max(block, min(largest, blas_block))  # an update's products in few calls of BLAS
+    rows = max(block, min(largest, blas_block)) if largest >= BLAS_ROWS else block  # of the buffers
     dtype = flat.dtype
-    acts = [np.empty((block, sizes[i + 1]), dtype=dtype) for i in range(L)]  # a_1, ..., a_L of a block
-    zs = [np.empty((block, sizes[i + 1]), dtype=dtype) for i in range(L - 1)]  # z_1, ..., z_{L-1}
-    deltas = [np.empty((block, sizes[i + 1]), dtype=dtype) for i in range(L)]  # delta_1, ..., delta_L
+    acts = [np.empty((rows, sizes[i + 1]), dtype=dtype) for i in range(L)]  # a_1, ..., a_L of a block
+    zs = [np.empty((rows, sizes[i + 1]), dtype=dtype) for i in range(L - 1)]  # z_1, ..., z_{L-1}
+    deltas = [np.empty((rows, sizes[i + 1]), dtype=dtype) for i in range(L)]  # delta_1, ..., delta_L
     power = np.empty(max(sizes.max(), 256), dtype=dtype)  # _sigmoid's 2^k
     pair = np.zeros(2, dtype=dtype)
     more = [np.empty((sizes[i + 1], sizes[i]), dtype=dtype) for i in range(L if largest > blas_block else 0)]
@@ -410,54 +409,46 @@ def _epoch(flat, grad, state, x, y, z_out, sums, sizes, starts, scales, cost, ru
         w, g, buffer = flat[k], grad[k], state[k]
         Ws, gWs = _views(flat, w_at, shapes, k), _views(grad, w_at, shapes, k)
         xk, yk, zk = x[min(k, x.shape[0] - 1)], y[min(k, y.shape[0] - 1)], z_out[k]
-        blas = largest >= BLAS_ROWS and _units_distinct(w, w_at, b_at, shapes)
+        blas_ok = largest >= BLAS_ROWS and _units_distinct(w, w_at, b_at, shapes)
         for u in range(len(starts) - 1):
             if l1[k] != zero or l2[k] != zero:
                 _penalty_sums(w, n_weights, pair, zero)
                 sums[0, k, u], sums[1, k, u] = pair[0], pair[1]
             r0, r1 = starts[u], starts[u + 1]
-            if blas and r1 - r0 >= BLAS_ROWS:  # the update's matrix products by BLAS
-                for b0 in range(r0, r1, blas_block):
-                    b1 = min(b0 + blas_block, r1)
-                    B = b1 - b0
-                    A = xk[b0:b1]
-                    for i in range(L):
-                        Z = zk[b0:b1] if i == L - 1 else zs[i][:B]  # z_L is kept: each example's cost
+            blas = blas_ok and r1 - r0 >= BLAS_ROWS  # this update's matrix products by BLAS
+            step = blas_block if blas else block
+            for b0 in range(r0, r1, step):
+                b1 = min(b0 + step, r1)
+                B, first = b1 - b0, b0 == r0
+                A = xk[b0:b1]
+                for i in range(L):
+                    Z = zk[b0:b1] if i == L - 1 else zs[i][:B]  # z_L is kept: each example's cost
+                    b = w[b_at[i] : b_at[i] + sizes[i + 1]]
+                    if blas:
                         np.dot(A, Ws[i].T, Z)  # (B, n_out)
-                        _add_bias(Z, w[b_at[i] : b_at[i] + sizes[i + 1]])
-                        _sigmoid(Z, acts[i][:B], power)
-                        A = acts[i][:B]
-                    _output_error(A, yk[b0:b1], deltas[L - 1][:B], cost, scales[u], one)
-                    for i in range(L - 1, -1, -1):
-                        A_in = acts[i - 1][:B] if i else xk[b0:b1]
-                        gb = g[b_at[i] : b_at[i] + sizes[i + 1]]
-                        if b0 == r0:
-                            np.dot(deltas[i][:B].T, A_in, gWs[i])  # (n_out, n_in)
-                            _bias_gradient(gb, deltas[i][:B], True)
-                        else:  # a later block of a large update: added to the earlier blocks'
-                            np.dot(deltas[i][:B].T, A_in, more[i])
-                            _add_to(gWs[i], more[i])
-                            _bias_gradient(gb, deltas[i][:B], False)
+                        _add_bias(Z, b)
+                    else:
+                        _forward(Ws[i], b, A, Z, zero)
+                    _sigmoid(Z, acts[i][:B], power)
+                    A = acts[i][:B]
+                _output_error(A, yk[b0:b1], deltas[L - 1][:B], cost, scales[u], one)
+                for i in range(L - 1, -1, -1):
+                    A_in, D = (acts[i - 1][:B] if i else xk[b0:b1]), deltas[i][:B]
+                    gb = g[b_at[i] : b_at[i] + sizes[i + 1]]
+                    if not blas:
+                        _gradient(gWs[i], gb, D, A_in, first)
                         if i:
-                            np.dot(deltas[i][:B], Ws[i], deltas[i - 1][:B])  # (B, n_in)
-                            _times_slope(deltas[i - 1][:B], A_in, one)
-            else:
-                for r0 in range(starts[u], starts[u + 1], block):
-                    r1 = min(r0 + block, starts[u + 1])
-                    B = r1 - r0
-                    A = xk[r0:r1]
-                    for i in range(L):
-                        Z = zk[r0:r1] if i == L - 1 else zs[i][:B]
-                        _forward(Ws[i], w[b_at[i] : b_at[i] + sizes[i + 1]], A, Z, zero)
-                        _sigmoid(Z, acts[i][:B], power)
-                        A = acts[i][:B]
-                    _output_error(A, yk[r0:r1], deltas[L - 1][:B], cost, scales[u], one)
-                    for i in range(L - 1, -1, -1):
-                        A_in = acts[i - 1][:B] if i else xk[r0:r1]
-                        gb = g[b_at[i] : b_at[i] + sizes[i + 1]]
-                        _gradient(gWs[i], gb, deltas[i][:B], A_in, r0 == starts[u])
-                        if i:
-                            _back(Ws[i], deltas[i][:B], A_in, deltas[i - 1][:B], zero, one)
+                            _back(Ws[i], D, A_in, deltas[i - 1][:B], zero, one)
+                        continue
+                    if first:
+                        np.dot(D.T, A_in, gWs[i])  # (n_out, n_in)
+                    else:  # a later block of a large update: added to the earlier blocks'
+                        np.dot(D.T, A_in, more[i])
+                        _add_to(gWs[i], more[i])
+                    _bias_gradient(gb, D, first)
+                    if i:
+                        np.dot(D, Ws[i], deltas[i - 1][:B])  # (B, n_in)
+                        _times_slope(deltas[i - 1][:B], A_in, one)
             _step(w, g, buffer, rule, l1[k], l2[k], lr[k], alpha[k], n_weights, zero, one)
 
 
