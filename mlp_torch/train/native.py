@@ -131,7 +131,7 @@ def _forward(W, b, A, Z, zero):
 
 def _sigmoid(Z, A, power):
     """``A = f(Z) = 1 / (1 + exp(-Z))`` (in native code: :func:`_sigmoid64` or :func:`_sigmoid32`
-    by the dtype; ``power`` a buffer of at least a row's length, of the same dtype)."""
+    by the dtype; ``power`` a scratch buffer of the same dtype, of any length)."""
     raise NotImplementedError("only in native code")
 
 
@@ -144,33 +144,33 @@ def _sigmoid64(Z, A, power):
     kept within [-708, 709], where ``f`` is 1 or below 1e-307 whatever ``x`` beyond; a NaN stays a
     NaN (through ``t``, whatever ``2^k``'s bits). No reordering here: the rounding trick needs the
     additions as written."""
+    z, a = Z.reshape(Z.size), A.reshape(A.size)  # the block's values as one row, len(power) at a time
     bits = power.view(np.int64)
-    n = Z.shape[1]
-    for r in range(Z.shape[0]):
+    for lo in range(0, len(z), len(power)):
+        n = min(len(power), len(z) - lo)
+        zc, ac = z[lo : lo + n], a[lo : lo + n]
         for j in range(n):
-            x = -Z[r, j]
+            x = -zc[j]
             x = -708.0 if x < -708.0 else x  # (comparisons: a NaN stays one)
             x = 709.0 if x > 709.0 else x
             m = x * LOG2E + ROUND
             k = m - ROUND  # round(x / ln 2)
             t = (x - k * LN2_HI) - k * LN2_LO
-            e = 1.0 + t * (1.0 + t * (1 / 2 + t * (1 / 6 + t * (1 / 24 + t * (1 / 120 + t * (1 / 720 + t * (
-                1 / 5040 + t * (1 / 40320 + t * (1 / 362880 + t * (1 / 3628800 + t * (1 / 39916800 + t * (
-                    1 / 479001600 + t * (1 / 6227020800)))))))))))))  # fmt: skip
-            A[r, j] = e
+            ac[j] = 1.0 + t * (1.0 + t * (1 / 2 + t * (1 / 6 + t * (1 / 24 + t * (1 / 120 + t * (
+                1 / 720 + t * (1 / 5040 + t * (1 / 40320 + t * (1 / 362880 + t * (1 / 3628800 + t * (
+                    1 / 39916800 + t * (1 / 479001600 + t * (1 / 6227020800)))))))))))))  # fmt: skip
             power[j] = m
         for j in range(n):
             bits[j] = (bits[j] - ROUND_BITS + 1023) << 52  # 2^k
         for j in range(n):
-            A[r, j] = 1.0 / (1.0 + A[r, j] * power[j])  # NaN where z is: x and t were
+            ac[j] = 1.0 / (1.0 + ac[j] * power[j])  # NaN where z is: x and t were
 
 
 @_exact
 def _sigmoid32(Z, A, power):
     """:func:`_sigmoid64` in float32 arithmetic, twice the SIMD lanes: ``exp(t)`` to ``t^7`` (its
-    remainder below 5e-9, a tenth of float32's unit in the last place), ``x`` within [-87, 88];
-    over the block's values as one row, ``len(power)`` at a time."""
-    z, a = Z.reshape(Z.size), A.reshape(A.size)
+    remainder below 5e-9, a tenth of float32's unit in the last place), ``x`` within [-87, 88]."""
+    z, a = Z.reshape(Z.size), A.reshape(A.size)  # the block's values as one row, len(power) at a time
     bits = power.view(np.int32)
     for lo in range(0, len(z), len(power)):
         n = min(len(power), len(z) - lo)
