@@ -214,15 +214,17 @@ def native_epoch_loop(x: np.ndarray, y: np.ndarray, batch, epochs: int) -> tuple
     size = n if batch == "full" else batch
     starts = np.append(np.arange(0, n, size), n)
     scales = 1.0 / np.diff(starts)
-    z, sums = np.empty((1, n, y.shape[1]), x.dtype), np.zeros((2, 1, len(scales)), x.dtype)
+    costs, sums = np.empty((1, len(scales)), x.dtype), np.zeros((2, 1, len(scales)), x.dtype)
     start, updates = 0.0, 0
     for epoch in range(epochs):
         if epoch == 1:
             start, updates = time.perf_counter(), 0
-        order = np.arange(n) if batch == "full" else epoch_permutation(n, 0, epoch).numpy()
-        native.epoch(flat, grad, state, x[order][None], y[order][None], z, sums, [64, 100, 10], starts,
-                     scales, cost="cross_entropy", rule=native.RULES["Momentum"], l1=[0.0], l2=[DEFAULT_L2],
-                     lr=[DEFAULT_LR], alpha=[DEFAULT_ALPHA], active=[True])  # fmt: skip
+        order = None if batch == "full" else epoch_permutation(n, 0, epoch).numpy()
+        native.epoch(
+            flat, grad, state, x, y, costs, sums, [64, 100, 10], starts, scales, cost="cross_entropy",
+            rule=native.RULES["Momentum"], l1=[0.0], l2=[DEFAULT_L2], lr=[DEFAULT_LR], alpha=[DEFAULT_ALPHA],
+            active=[True], order=order,
+        )  # fmt: skip
         updates += len(scales)
     return time.perf_counter() - start, updates
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlp_torch.model.backprop import backprop
+from mlp_torch.model.backprop import backprop, objective_terms
+from mlp_torch.model.costs import COSTS
 from mlp_torch.model.network import SigmoidMLP
 from mlp_torch.model.optim import GradientDescent, HeavyBall, Momentum
 from mlp_torch.train import native
@@ -49,15 +50,18 @@ def problem(sizes, cost, dtype, seed):
     return x, y
 
 
-def readable(net, x, y, batch, epochs, cost, l1, l2, reduction, optimizer):
+def readable(net, x, y, batch, epochs, cost, l1, l2, reduction, optimizer, costs=None):
     """The notes' loop, as written: backprop.backprop of each batch, the optimizer's step()
-    (``optimizer``: a name of OPTIMIZERS, or a factory ``params -> Optimizer``)."""
+    (``optimizer``: a name of OPTIMIZERS, or a factory ``params -> Optimizer``); each update's
+    cost sum (unscaled) is appended to ``costs`` if given."""
     weights = [W.detach().clone() for W in net.weights]
     biases = [b.detach().clone() for b in net.biases]
     opt = (OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer)([*weights, *biases])
     for _ in range(epochs):
         for start in range(0, N, batch):
             xb, yb = x[start : start + batch], y[start : start + batch]
+            if costs is not None:
+                costs.append(float(objective_terms(weights, biases, xb, yb, cost=cost)["cost"]))
             scale = 1.0 / len(xb) if reduction == "mean" else 1.0
             bp = backprop(weights, biases, xb, yb, cost=cost, l1=l1, l2=l2, scale=scale)
             for p, g in zip([*weights, *biases], bp.grad_W + bp.grad_b):
@@ -68,22 +72,24 @@ def readable(net, x, y, batch, epochs, cost, l1, l2, reduction, optimizer):
 
 def compiled(net, x, y, batch, epochs, cost, l1, l2, reduction, optimizer, members=1,
              blas_block=native.BLAS_BLOCK):  # fmt: skip
-    """The same epochs by native.epoch, on flat (K, P) tensors as the module holds them."""
+    """The same epochs by native.epoch, on flat (K, P) tensors as the module holds them; returns
+    the parameters and each epoch's costs ``(epochs, K, U)`` and penalties' sums ``(epochs, 2, K, U)``."""
     flat = torch.cat([p.detach().reshape(-1) for p in [*net.weights, *net.biases]]).repeat(members, 1)
     grad, state = torch.zeros_like(flat), torch.zeros_like(flat)
     starts = [*range(0, N, batch), N]
     scales = [1.0 / (b - a) if reduction == "mean" else 1.0 for a, b in zip(starts, starts[1:])]
-    z = torch.empty(members, N, y.shape[1], dtype=x.dtype)
-    sums = torch.zeros(2, members, len(scales), dtype=x.dtype)
+    costs = torch.zeros(epochs, members, len(scales), dtype=x.dtype)
+    sums = torch.zeros(epochs, 2, members, len(scales), dtype=x.dtype)
     settings = SETTINGS[optimizer]
-    for _ in range(epochs):
+    for e in range(epochs):
         native.epoch(
             flat.numpy(), grad.numpy(), None if optimizer == "GradientDescent" else state.numpy(),
-            x[None].numpy(), y[None].numpy(), z.numpy(), sums.numpy(), net.sizes, starts, scales, cost=cost,
-            rule=native.RULES[optimizer], l1=[l1] * members, l2=[l2] * members, lr=[settings["lr"]] * members,
-            alpha=[settings.get("alpha", 0.0)] * members, active=[True] * members, blas_block=blas_block,
+            x[None].numpy(), y[None].numpy(), costs[e].numpy(), sums[e].numpy(), net.sizes, starts, scales,
+            cost=cost, rule=native.RULES[optimizer], l1=[l1] * members, l2=[l2] * members,
+            lr=[settings["lr"]] * members, alpha=[settings.get("alpha", 0.0)] * members,
+            active=[True] * members, blas_block=blas_block,
         )  # fmt: skip
-    return flat, z, sums
+    return flat, costs, sums
 
 
 CASES = list(itertools.product(OPTIMIZERS, REGIMES, [torch.float64, torch.float32]))
@@ -98,25 +104,25 @@ def test_the_compiled_epochs_are_the_readable_equations(optimizer, regime, dtype
     batch = REGIMES[regime] or N
     net = SigmoidMLP(sizes, seed=case, bias_init=0.01).to(dtype)
     x, y = problem(sizes, cost, dtype, seed=case)
-    want = readable(net, x, y, batch, 3, cost, l1, l2, reduction, optimizer)
+    costs = []  # each update's cost sum at the weights it used: what train/J is made of
+    want = readable(net, x, y, batch, 3, cost, l1, l2, reduction, optimizer, costs)
+    want_costs = torch.tensor(costs, dtype=torch.float64)
     # the full batch also in BLAS blocks of 9 examples (its gradient summed over the blocks)
     for blas_block in [native.BLAS_BLOCK] + ([9] if regime == "full" else []):
-        got, z, sums = compiled(
+        got, got_costs, sums = compiled(
             net, x, y, batch, 3, cost, l1, l2, reduction, optimizer, blas_block=blas_block
         )
+        got_costs = got_costs[:, 0].reshape(-1).double()  # (3 U,): the updates in order
         if dtype == torch.float64:
             assert float((got[0] - want).abs().max() / want.abs().max()) <= 1e-12
+            assert float(((got_costs - want_costs) / want_costs).abs().max()) <= 1e-12
         else:
             torch.testing.assert_close(got[0], want)
-    # what an epoch leaves for train/J: each example's z_L at the weights it was used with, and the
-    # penalties' sums at each update's weights (the first update's: the starting weights)
-    _, z, sums = compiled(net, x, y, batch, 1, cost, l1, l2, reduction, optimizer)
-    torch.testing.assert_close(
-        z[0, :batch], net.forward_pass(x[:batch])[0][-1].detach(), rtol=1e-6, atol=1e-7
-    )
+            torch.testing.assert_close(got_costs, want_costs, rtol=1e-5, atol=1e-6)
+    # the penalties' sums at each update's weights (the first update's: the starting weights)
     if l1 or l2:
         W = torch.cat([w.detach().reshape(-1) for w in net.weights])
-        torch.testing.assert_close(sums[:, 0, 0], torch.stack([W.abs().sum(), (W * W).sum()]))
+        torch.testing.assert_close(sums[0, :, 0, 0], torch.stack([W.abs().sum(), (W * W).sum()]))
 
 
 def test_each_member_is_trained_as_it_would_be_alone():
@@ -130,20 +136,22 @@ def test_each_member_is_trained_as_it_would_be_alone():
     x, y = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
     starts = [*range(0, N, 4), N]
     scales = [1.0 / (b - a) for a, b in zip(starts, starts[1:])]
-    z, sums = torch.empty(3, N, 2, dtype=dtype), torch.zeros(2, 3, len(scales), dtype=dtype)
+    costs, sums = torch.zeros(3, len(scales), dtype=dtype), torch.zeros(2, 3, len(scales), dtype=dtype)
     for _ in range(3):
-        native.epoch(flat.numpy(), grad.numpy(), state.numpy(), x.numpy(), y.numpy(), z.numpy(), sums.numpy(),
-                     sizes, starts, scales, cost="cross_entropy", rule=native.RULES["Momentum"], l1=l1s,
-                     l2=l2s,
+        native.epoch(flat.numpy(), grad.numpy(), state.numpy(), x.numpy(), y.numpy(), costs.numpy(),
+                     sums.numpy(), sizes, starts, scales, cost="cross_entropy", rule=native.RULES["Momentum"],
+                     l1=l1s, l2=l2s,
                      lr=lrs, alpha=alphas, active=[True, False, True])  # fmt: skip
     for k in range(3):
         start = torch.cat([p.detach().reshape(-1) for p in [*nets[k].weights, *nets[k].biases]])
-        if k == 1:  # not active: left as it was
-            assert torch.equal(flat[k], start)
+        if k == 1:  # not active: left as it was, its costs too
+            assert torch.equal(flat[k], start) and not costs[k].any()
             continue
-        own = functools.partial(Momentum, lr=lrs[k], alpha=alphas[k])
-        want = readable(nets[k], *data[k], 4, 3, "cross_entropy", l1s[k], l2s[k], "mean", own)
+        own, own_costs = functools.partial(Momentum, lr=lrs[k], alpha=alphas[k]), []
+        want = readable(nets[k], *data[k], 4, 3, "cross_entropy", l1s[k], l2s[k], "mean", own, own_costs)
         assert float((flat[k] - want).abs().max() / want.abs().max()) <= 1e-12
+        last = torch.tensor(own_costs[-len(scales) :], dtype=dtype)  # the last epoch's
+        assert float(((costs[k] - last) / last).abs().max()) <= 1e-12
 
 
 def test_a_nan_stays_a_nan():
@@ -154,8 +162,9 @@ def test_a_nan_stays_a_nan():
     with torch.no_grad():
         net.weights[0][0, 0] = float("nan")
     x, y = problem(sizes, "quadratic", dtype, seed=0)
-    _, z, _ = compiled(net, x, y, 1, 1, "quadratic", 0.0, 0.0, "mean", "GradientDescent")
-    assert z.isnan().all()
+    for cost in COSTS:
+        _, costs, _ = compiled(net, x, y, 1, 1, cost, 0.0, 0.0, "mean", "GradientDescent")
+        assert costs.isnan().all()
 
 
 def test_equal_hidden_units_are_found():
@@ -223,10 +232,15 @@ def test_the_module_trains_the_same_run_natively_and_in_torch(batch_size, caplog
         module = MLPModule(n_inputs=4, n_outputs=3, hidden_sizes=[6], dtype="float64", batch_size=batch_size,
                            l1=1e-4, native=on)  # fmt: skip
         with caplog.at_level(logging.INFO):
-            runs[on] = fit(module, dm).flat.clone()
+            fit(module, dm)
+        runs[on] = module.flat.clone(), module.epoch_stats["J"][0], module.trainer.callback_metrics["train/J"]
         assert ("native: on" if on else "native: off (--model.native false)") in caplog.text
         caplog.clear()
-    assert float((runs[True] - runs[False]).abs().max() / runs[False].abs().max()) <= 1e-12
+    (native_flat, native_J, logged), (torch_flat, torch_J, _) = runs[True], runs[False]
+    assert float((native_flat - torch_flat).abs().max() / torch_flat.abs().max()) <= 1e-12
+    assert native_J == pytest.approx(torch_J, rel=1e-12) and float(logged) == pytest.approx(
+        native_J, rel=1e-6
+    )  # train/J of the last epoch
 
 
 @pytest.mark.parametrize(
@@ -261,25 +275,69 @@ def test_the_native_loop_trains_where_one_thread_does():
 
 
 def test_views_with_gaps_are_read_and_written_as_contiguous_arrays():
-    """A sweep's chunk of a streamed epoch hands over views with gaps (``z_out[:, lo:hi]``): the
+    """A sweep's chunk of a streamed epoch hands over views with gaps (``costs[:, lo:hi]``): the
     same epoch as on contiguous arrays, written into the views and nowhere else."""
     sizes, dtype, K, batch = [3, 6, 2], torch.float64, 2, native.BLAS_ROWS + 1
     net = SigmoidMLP(sizes, seed=3).to(dtype)
     x, y = problem(sizes, "cross_entropy", dtype, seed=3)
-    flat, z, sums = compiled(net, x, y, batch, 1, "cross_entropy", 1e-3, 1e-3, "mean", "Momentum", members=K)
+    flat, costs, sums = compiled(
+        net, x, y, batch, 1, "cross_entropy", 1e-3, 1e-3, "mean", "Momentum", members=K
+    )
     starts = [*range(0, N, batch), N]
     U = len(starts) - 1
     flat2 = torch.cat([p.detach().reshape(-1) for p in [*net.weights, *net.biases]]).repeat(K, 1)
-    z_big, sums_big = torch.full((K, N + 4, 2), 7.0, dtype=dtype), torch.full((2, K, U + 2), 7.0, dtype=dtype)
-    z_view, sums_view = z_big[:, 2 : 2 + N].numpy(), sums_big[..., 1 : 1 + U].numpy()
-    assert not z_view.flags.c_contiguous and not sums_view.flags.c_contiguous
+    costs_big, sums_big = (
+        torch.full((K, U + 2), 7.0, dtype=dtype),
+        torch.full((2, K, U + 2), 7.0, dtype=dtype),
+    )
+    costs_view, sums_view = costs_big[:, 1 : 1 + U].numpy(), sums_big[..., 1 : 1 + U].numpy()
+    x_view = (
+        torch.stack([x, torch.full_like(x, 7.0)], 1).reshape(2 * N, -1)[None, ::2].numpy()
+    )  # every other row
+    assert not any(a.flags.c_contiguous for a in (costs_view, sums_view, x_view))
     grad, state = torch.zeros_like(flat2), torch.zeros_like(flat2)
     scales = [1.0 / (b - a) for a, b in zip(starts, starts[1:])]
     native.epoch(
-        flat2.numpy(), grad.numpy(), state.numpy(), x[None].numpy(), y[None].numpy(), z_view, sums_view,
+        flat2.numpy(), grad.numpy(), state.numpy(), x_view, y[None].numpy(), costs_view, sums_view,
         sizes, starts, scales, cost="cross_entropy", rule=native.RULES["Momentum"], l1=[1e-3] * K,
         l2=[1e-3] * K, lr=[0.7] * K, alpha=[0.9] * K, active=[True] * K,
     )  # fmt: skip
-    assert torch.equal(flat2, flat) and torch.equal(z_big[:, 2 : 2 + N], z)
-    assert torch.equal(sums_big[..., 1 : 1 + U], sums)
-    assert (z_big[:, :2] == 7).all() and (z_big[:, 2 + N :] == 7).all() and (sums_big[..., 0] == 7).all()
+    assert torch.equal(flat2, flat) and torch.equal(costs_big[:, 1 : 1 + U], costs[0])
+    assert torch.equal(sums_big[..., 1 : 1 + U], sums[0])
+    assert (costs_big[:, [0, -1]] == 7).all() and (sums_big[..., [0, -1]] == 7).all()
+
+
+@pytest.mark.parametrize("batch", [1, native.BLAS_ROWS + 1])
+def test_rows_in_use_order_are_read_where_they_are(batch):
+    """``order``: the loop reads each update's rows of the stored split itself; the same epoch as
+    on the rows gathered beforehand, for one order shared by all members and for each member's
+    own, on data shared by all members and on each member's own."""
+    sizes, dtype, K = [3, 6, 2], torch.float64, 2
+    net = SigmoidMLP(sizes, seed=4).to(dtype)
+    data = [problem(sizes, "cross_entropy", dtype, seed=20 + k) for k in range(K)]
+    x, y = torch.stack([d[0] for d in data]).numpy(), torch.stack([d[1] for d in data]).numpy()  # (K, N, ...)
+    orders = np.stack([np.random.default_rng(k).permutation(N) for k in range(K)])  # (K, N)
+    starts = [*range(0, N, batch), N]
+    scales = [1.0 / (b - a) for a, b in zip(starts, starts[1:])]
+
+    def run(x, y, order):
+        flat = torch.cat([p.detach().reshape(-1) for p in [*net.weights, *net.biases]]).repeat(K, 1).numpy()
+        grad, state = np.zeros_like(flat), np.zeros_like(flat)
+        costs, sums = np.zeros((K, len(scales))), np.zeros((2, K, len(scales)))
+        native.epoch(flat, grad, state, x, y, costs, sums, sizes, starts, scales, cost="cross_entropy",
+                     rule=native.RULES["Momentum"], l1=[1e-3] * K, l2=[1e-3] * K, lr=[0.7] * K,
+                     alpha=[0.9] * K, active=[True] * K, order=order)  # fmt: skip
+        return flat, costs, sums
+
+    cases = [  # (x, y, order) and the same rows gathered beforehand
+        ((x[0], y[0], orders[0]), (x[0][orders[0]], y[0][orders[0]])),  # shared data, one order
+        ((x[0], y[0], orders), (x[0][orders], y[0][orders])),  # shared data, each member's order
+        ((x, y, orders[0]), (x[:, orders[0]], y[:, orders[0]])),  # own data, one order
+        (
+            (x, y, orders),
+            (np.stack([x[k][orders[k]] for k in range(K)]), np.stack([y[k][orders[k]] for k in range(K)])),
+        ),  # fmt: skip
+    ]
+    for (xs, ys, order), gathered in cases:
+        for got, want in zip(run(xs, ys, order), run(*gathered, None)):
+            assert np.array_equal(got, want)

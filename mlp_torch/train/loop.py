@@ -31,6 +31,7 @@ __all__ = [
     "epoch_permutation",
     "gather",
     "penalty_sums",
+    "update_costs",
 ]
 
 
@@ -187,30 +188,28 @@ def penalty_sums(w: Tensor, l1_out: Tensor | None, l2_out: Tensor | None) -> Non
         torch.linalg.vector_norm(w, dim=-1, out=l2_out).square_()
 
 
-def epoch_objective(
-    z: Tensor, y: Tensor, which: Tensor, counts: Tensor, sums: Tensor, *, cost: str, reduction: str,
-    l1: float | Tensor, l2: float | Tensor,
-) -> tuple[dict[str, Tensor], Tensor]:  # fmt: skip
-    """The epoch's ``{"J", "cost", "l1", "l2"}`` of each member (``()`` or ``(K,)``) and each
-    update's ``J`` (``(U,)`` or ``(K, U)``), from each of this rank's examples' ``z_L`` ``z``
-    ``(..., n_local, n_out)`` at the weights it was used with, their targets ``y``, the update each
-    fed ``which`` ``(n_local,)``, the global batch sizes ``counts`` ``(U,)`` and the penalties'
-    sums at each update's weights ``sums`` ``(2, ..., U)``; the costs are summed over the ranks
-    (one all-reduce). The cost is reduced over the whole split as ``reduction`` says, the
-    penalties averaged over the updates."""
+def update_costs(z: Tensor, y: Tensor, which: Tensor, updates: int, *, cost: str) -> Tensor:
+    """Each update's cost sum ``sum_i C_i`` over its whole batch (``(U,)`` or ``(K, U)``), from each of
+    this rank's examples' ``z_L`` ``z`` ``(..., n_local, n_out)`` at the weights it was used with, their
+    targets ``y`` and the update each fed ``which`` ``(n_local,)``; summed over the ranks (one
+    all-reduce)."""
     costs = COSTS[cost].fn(z, torch.sigmoid(z), y)  # (..., n_local): C_i at the weights i was used with
-    per_update = costs.new_zeros(*costs.shape[:-1], len(counts)).index_add_(-1, which, costs)  # (..., U)
-    per_update = sum_over_ranks(per_update)  # the whole batches' cost sums
+    per_update = costs.new_zeros(*costs.shape[:-1], updates).index_add_(-1, which, costs)  # (..., U)
+    return sum_over_ranks(per_update)  # the whole batches' cost sums
+
+
+def epoch_objective(per_update, counts, sums, *, reduction: str, l1, l2) -> tuple[dict, object]:
+    """The epoch's ``{"J", "cost", "l1", "l2"}`` of each member (``()`` or ``(K,)``) and each
+    update's ``J`` (``(U,)`` or ``(K, U)``), from each update's cost sum ``per_update`` (``(..., U)``,
+    :func:`update_costs` or the native loop's), the global batch sizes ``counts`` ``(U,)`` and the
+    penalties' sums at each update's weights ``sums`` ``(2, ..., U)``; ``l1``, ``l2`` numbers or one
+    per member ``(K,)``. Tensors (the torch loop's) or numpy arrays (the native loop's) alike: the
+    same operations. The cost is reduced over the whole split as ``reduction`` says, the penalties
+    averaged over the updates."""
     total = per_update.sum(-1)  # (...)
     if reduction == "mean":
         total = total / counts.sum()
         per_update = per_update / counts
-    lead = sums.shape[1:-1]
-    if isinstance(l1, Tensor) or isinstance(l2, Tensor):
-        coefficients = torch.stack([torch.as_tensor(c, dtype=sums.dtype, device=sums.device).expand(lead)
-                                    for c in (l1, l2)])[..., None]  # (2, ..., 1)  # fmt: skip
-    else:  # numbers: one small tensor
-        coefficients = sums.new_tensor([l1, l2]).view(2, *[1] * (sums.dim() - 1))  # (2, 1, ...)
-    penalties = sums * coefficients  # (2, ..., U)
-    p1, p2 = penalties.mean(-1)
-    return {"cost": total, "l1": p1, "l2": p2, "J": total + p1 + p2}, per_update + penalties.sum(0)
+    p1, p2 = (s * (c[..., None] if getattr(c, "ndim", 0) else c) for s, c in zip(sums, (l1, l2)))  # (..., U)
+    m1, m2 = p1.mean(-1), p2.mean(-1)
+    return {"cost": total, "l1": m1, "l2": m2, "J": total + m1 + m2}, per_update + p1 + p2

@@ -285,6 +285,7 @@ class MLPModule(L.LightningModule):
         self.member_folders: list[Path | None] = [None]  # None: the logger's run folder
         self.status = [MemberStatus()]
         self.epoch_stats: dict[str, object] = {}  # the last epoch's J etc. per member, read by the callbacks
+        self.crosscheck_errors: list[list[float]] = []  # the epoch's cross-checks' errors, per member
         self.member_schedulers: list = []
         self.events: list[RunEvents | None] = []
 
@@ -481,42 +482,46 @@ class MLPModule(L.LightningModule):
             cache[key] = make()
         return cache[key]
 
-    def _sparsity(self) -> dict[str, Tensor | list[float]]:
+    def _sparsity(self) -> dict[str, Tensor | np.ndarray]:
         """``sparsity/layer_i``: the fraction of layer ``i``'s weights below :data:`NEAR_ZERO` in
         size, of each member (on the CPU by numpy: one pass over the flat weights, not four
         tensor operations per layer)."""
-        weights = self.net.weights
         if self.flat.device.type != "cpu":
             return {f"sparsity/layer_{i}": (W.abs() < NEAR_ZERO).to(W.dtype).mean(dim=(-2, -1))
-                    for i, W in enumerate(weights)}  # fmt: skip
-        w = self._params.w.detach().numpy()  # (P_w,) or (K, P_w): every weight, layer after layer
-        sizes = [W.shape[-2] * W.shape[-1] for W in weights]
-        starts = np.cumsum([0, *sizes[:-1]])
-        small = np.add.reduceat(np.abs(w) < NEAR_ZERO, starts, axis=-1) / np.asarray(sizes)  # (..., L)
-        return {f"sparsity/layer_{i}": np.atleast_2d(small)[:, i].tolist() for i in range(len(weights))}
+                    for i, W in enumerate(self.weights)}  # fmt: skip
 
-    def _epoch_shards(
-        self, n: int, size: int, device
-    ) -> tuple[Tensor | None, np.ndarray, np.ndarray, Tensor]:
-        """This rank's part of the epoch: the training examples its updates use, in use order
-        (``None``: all ``n`` in stored order; ``(n_local,)`` when all members share one order,
-        else ``(K, n_local)``), the bounds of each update's rows in them (``(U + 1,)``: update
-        ``u`` uses rows ``bounds[u]:bounds[u + 1]``), and each update's global batch size (an
-        array and a ``(U,)`` tensor)."""
+        def layout():  # every weight, layer after layer (a view), each layer's first and count
+            sizes = np.asarray([W[0].numel() if self.n_members > 1 else W.numel() for W in self.weights])
+            names = [f"sparsity/layer_{i}" for i in range(len(sizes))]
+            return np.atleast_2d(self._params.w.detach().numpy()), np.cumsum([0, *sizes[:-1]]), sizes, names
+
+        w, starts, sizes, names = self._cached(("sparsity", self.flat.data_ptr()), layout)  # (K, P_w)
+        small = np.add.reduceat(np.abs(w) < NEAR_ZERO, starts, axis=-1) / sizes  # (K, L)
+        return dict(zip(names, small.T))
+
+    def _epoch_shards(self, n: int, size: int) -> tuple[Tensor | None, np.ndarray, np.ndarray, int]:
+        """This rank's part of the epoch: the training examples its updates use, in use order, on
+        the CPU (``None``: all ``n`` in stored order; ``(n_local,)`` when all members share one
+        order, else ``(K, n_local)``), the bounds of each update's rows in them (``(U + 1,)``:
+        update ``u`` uses rows ``bounds[u]:bounds[u + 1]``), each update's global batch size
+        ``(U,)`` and the most rows of one update on this rank."""
         rank, world = self._rank_and_world()
         full = self.hparams.batch_size == "full"
         seeds = [hp["seed"] for hp in self.member_hparams]
         order = None if full else loop.epoch_orders(n, seeds, self.current_epoch)  # (n,) or (K, n)
-        starts = np.arange(0, n, size)  # (U,): each update's first position in the epoch's order
-        sizes = np.minimum(size, n - starts)  # (U,): each update's global batch size
-        counts = torch.from_numpy(sizes).to(device)
+
+        def bounds_and_sizes():
+            starts = np.arange(0, n, size)  # (U,): each update's first position in the epoch's order
+            return np.append(starts, n), np.minimum(size, n - starts)  # (U + 1,), (U,)
+
+        bounds, sizes = self._cached(("bounds", n, size), bounds_and_sizes)
         if world == 1:
-            return (None if order is None else order.to(device)), np.append(starts, n), sizes, counts
+            return order, bounds, sizes, min(size, n)
         shards = update_shards(n, size, rank, world)  # positions in the epoch's order
         positions = torch.cat([torch.arange(s.start, s.stop) for s in shards])  # (n_local,)
         order = positions if order is None else order[..., positions]
         bounds = np.cumsum([0] + [s.stop - s.start for s in shards])
-        return order.to(device), bounds, sizes, counts
+        return order, bounds, sizes, int(np.diff(bounds).max())
 
     def _epoch_chunks(self, bounds: np.ndarray) -> list[range]:
         """The epoch's updates in chunks of consecutive updates whose examples fit the data
@@ -584,14 +589,48 @@ class MLPModule(L.LightningModule):
             return f"an update's largest matrix product, {product:,} multiply-adds, is one for threads"
         return ""
 
-    def _native_updates(self, x: Tensor, y: Tensor, z_out: Tensor, sums: Tensor, starts: np.ndarray,
-                        scales: np.ndarray, opt) -> None:  # fmt: skip
-        """The updates of rows ``starts[u]:starts[u + 1]`` of ``(x, y)``, in one call of
-        :func:`mlp_torch.train.native.epoch`, in place on ``self.flat``, ``self.flat_grad`` and
-        the optimizer's state."""
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch  # the training split: (N, n_in) shared by all members, or (K, N, n_in) one each
+        hp, K = self.hparams, self.n_members
+        n = x.shape[-2]
+        size = n if hp.batch_size == "full" else min(hp.batch_size, n)
+        self._flatten_parameters()
+        index, bounds, sizes, largest = self._epoch_shards(n, size)
+        chunks = self._epoch_chunks(bounds)
+        U = len(sizes)  # updates
+        rows = min(largest, hp.chunk_size or size)
+        self._set_threads(rows)
+        self.flat.grad = self.flat_grad
+        if K > 1:
+            self._epoch_start = self.flat.detach().clone()  # (K, P): where a diverging member returns
+        opt = self.optimizers(use_pl_optimizer=False)
+        self.crosscheck_errors.clear()
+        if self._native_loop(opt, rows):
+            per_update, sums = self._native_epoch(x, y, index, bounds, sizes, chunks, opt)
+            counts = sizes
+            l1, l2 = (np.asarray(v.tolist()) if isinstance(v, Tensor) else v for v in (self.l1, self.l2))
+        else:
+            index = None if index is None else index.to(self.flat.device)
+            with torch.no_grad():
+                per_update, sums = self._torch_epoch(x, y, index, bounds, sizes, chunks, opt)
+            counts = self._cached(("counts", n, size, self.flat.device),
+                                  lambda: torch.from_numpy(sizes).to(self.flat.device))  # fmt: skip
+            l1, l2 = self.l1, self.l2
+        self._count_updates(U)
+        train, js = loop.epoch_objective(per_update, counts, sums, reduction=hp.reduction, l1=l1, l2=l2)
+        self.epoch_examples = index if index is not None else self._cached(
+            ("arange", n), lambda: torch.arange(n))  # (..., n_local)  # fmt: skip
+        streamed = len(chunks) > 1 or x.device != self.flat.device
+        self._end_epoch(train, js, opt, U, len(chunks) if streamed else 0)
+
+    def _native_epoch(self, x: Tensor, y: Tensor, index: Tensor | None, bounds: np.ndarray, sizes: np.ndarray,
+                      chunks: list[range], opt) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """The epoch's updates by :func:`mlp_torch.train.native.epoch`, one call per chunk, in place
+        on ``self.flat``, ``self.flat_grad`` and the optimizer's state; returns each update's cost
+        sum ``(K, U)`` and the penalties' sums at its weights ``(2, K, U)`` (numpy arrays)."""
         from mlp_torch.train import native
 
-        K = self.n_members
+        K, U, dtype = self.n_members, len(sizes), x.numpy().dtype
         group, state = opt.param_groups[0], opt.state[self.flat]
         key = {1: "dw", 2: "velocity", 3: "velocity"}.get(self._native_rule)
         if key is not None and key not in state:
@@ -603,36 +642,36 @@ class MLPModule(L.LightningModule):
         def per_member(value) -> list[float]:
             return value.tolist() if isinstance(value, Tensor) else [float(value)] * K
 
-        x, y = (t if t.dim() == 3 else t[None] for t in (x, y))  # (1 or K, n, ...)
-        native.epoch(
-            members(self.flat), members(self.flat_grad), None if key is None else members(state[key]),
-            x.numpy(), y.numpy(), members(z_out), (sums if K > 1 else sums[:, None]).numpy(), self.net.sizes,
-            starts, scales, cost=self.hparams.cost, rule=self._native_rule, l1=per_member(self.l1),
-            l2=per_member(self.l2), lr=per_member(group["lr"]), alpha=per_member(group.get("alpha", 0.0)),
-            active=self._active, threads=torch.get_num_threads(),
-        )  # fmt: skip
+        costs, sums = np.zeros((K, U), dtype), np.zeros((2, K, U), dtype)
+        scales = 1.0 / sizes if self.hparams.reduction == "mean" else np.ones(U)
+        settings = dict(cost=self.hparams.cost, rule=self._native_rule, l1=per_member(self.l1),
+                        l2=per_member(self.l2), lr=per_member(group["lr"]),
+                        alpha=per_member(group.get("alpha", 0.0)), active=self._active,
+                        threads=torch.get_num_threads())  # fmt: skip
+        x, y, order = x.numpy(), y.numpy(), None if index is None else index.numpy()
+        for updates in chunks:  # one chunk (all of this rank's examples) unless streamed
+            lo, hi = int(bounds[updates.start]), int(bounds[updates.stop])
+            xc, yc = (x, y) if order is not None else (x[..., lo:hi, :], y[..., lo:hi, :])
+            done = slice(updates.start, updates.stop)
+            native.epoch(
+                members(self.flat), members(self.flat_grad), None if key is None else members(state[key]),
+                xc, yc, costs[:, done], sums[..., done], self.net.sizes,
+                bounds[updates.start : updates.stop + 1] - lo, scales[done],
+                order=None if order is None else order[..., lo:hi], **settings,
+            )  # fmt: skip
+        return costs, sums
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch  # the training split: (N, n_in) shared by all members, or (K, N, n_in) one each
-        hp, K = self.hparams, self.n_members
-        n = x.shape[-2]
-        size = n if hp.batch_size == "full" else min(hp.batch_size, n)
-        self._flatten_parameters()
-        device = self.flat.device  # the data is on the host when streamed
-        index, bounds, sizes, counts = self._epoch_shards(n, size, device)
-        chunks = self._epoch_chunks(bounds)
-        U, largest = len(sizes), int(np.diff(bounds).max())  # updates; most rows of one on this rank
-        streamed = len(chunks) > 1 or x.device != device
+    def _torch_epoch(self, x: Tensor, y: Tensor, index: Tensor | None, bounds: np.ndarray, sizes: np.ndarray,
+                     chunks: list[range], opt) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """The epoch's updates by torch operations, one update at a time; returns each update's
+        cost sum (``(U,)`` or ``(K, U)``) and the penalties' sums at its weights (``(2, U)`` or
+        ``(2, K, U)``)."""
+        hp, K, U, device = self.hparams, self.n_members, len(sizes), self.flat.device
+        streamed = len(chunks) > 1 or x.device != device  # the data is on the host when streamed
         if streamed and index is None:
-            index = torch.arange(n, device=device)  # (n,)
+            index = torch.arange(x.shape[-2], device=device)  # (n,)
         if index is not None and not streamed:
             x, y = loop.gather(x, index), loop.gather(y, index)  # this rank's examples in use order
-        self.epoch_examples = index if index is not None else self._cached(
-            ("arange", n, device), lambda: torch.arange(n, device=device))  # (..., n_local)  # fmt: skip
-        self._set_threads(min(largest, hp.chunk_size or size))
-        self.flat.grad = self.flat_grad
-        if K > 1:
-            self._epoch_start = self.flat.detach().clone()  # (K, P): where a diverging member returns
         n_local = int(bounds[-1])
         lead = () if K == 1 else (K,)
         y_shape = (*lead, n_local, y.shape[-1]) if index is not None and index.dim() == 2 else (
@@ -640,79 +679,74 @@ class MLPModule(L.LightningModule):
         y_local = y if len(chunks) == 1 else y.new_empty(y_shape, device=device)
         z_out = y.new_empty((*lead, n_local, y.shape[-1]), device=device)  # each example's z_L where used
         sums = self.flat.new_zeros(2, *lead, U)  # sum |w| and sum w^2 at each update's weights
-        opt = self.optimizers(use_pl_optimizer=False)
         step = opt.update if _unhooked(opt) else opt.step
         mean, source, every = hp.reduction == "mean", hp.grad_source, hp.crosscheck_every_n_steps
         first, distributed = self.global_step, self._rank_and_world()[1] > 1
         mask = self._frozen_mask if self._masked else None  # (K, 1): frozen members take no step
-        self.crosscheck_errors: list[list[float]] = []
         w = self._params.w
-        native_loop = self._native_loop(opt, min(largest, hp.chunk_size or size))
-        if not native_loop:
-            l1_at, l2_at = (sums[i].unbind(-1) if on else [None] * U
-                            for i, on in enumerate((loop._on(self.l1), loop._on(self.l2))))  # fmt: skip
-        with torch.no_grad():
-            for updates in chunks:  # one chunk (all of this rank's examples) unless streamed
-                lo, hi = int(bounds[updates.start]), int(bounds[updates.stop])
-                if streamed:
-                    xc, yc = self._to_device(x, y, index[..., lo:hi], y_local[..., lo:hi, :])
-                else:
-                    xc, yc = x, y
-                if native_loop:  # every update of the chunk in one call
-                    starts = bounds[updates.start : updates.stop + 1] - lo  # (u + 1,)
-                    scales = 1.0 / sizes[updates.start : updates.stop] if mean else np.ones(len(updates))
-                    z, at = z_out[..., lo:hi, :], sums[..., updates.start : updates.stop]
-                    self._native_updates(xc, yc, z, at, starts, scales, opt)
-                    continue
-                lengths = np.diff(bounds[updates.start : updates.stop + 1]).tolist()
-                batches = zip(updates, xc.split(lengths, -2), yc.split(lengths, -2),
-                              z_out[..., lo:hi, :].split(lengths, -2))  # fmt: skip
-                for k, xb, yb, zb in batches:  # update k's examples, targets and z_L
-                    if l1_at[k] is not None or l2_at[k] is not None:
-                        loop.penalty_sums(w, l1_at[k], l2_at[k])
-                    scale = 1.0 / int(sizes[k]) if mean else 1.0  # the GLOBAL batch's scale
-                    loop.data_gradient(self.weights, self.biases, xb, yb, self.grads, cost=hp.cost,
-                                       scale=scale, source=source, z_out=zb, chunk=hp.chunk_size)  # fmt: skip
-                    if every and (first + k) % every == 0:
-                        self.crosscheck_errors.append(self._crosscheck(xb, yb, scale, first + k))
-                    if distributed:
-                        sum_over_ranks(self.flat_grad)  # the whole batch's cost gradient, all members
-                    loop.add_penalty_gradient(w, self._params.g, self.l1, self.l2, source)  # counted once
-                    if mask is not None:
-                        self.flat_grad.masked_fill_(mask, 0.0)
-                    step()
-            self._count_updates(U)
-            which = self._cached(("which", bounds.tobytes(), device), lambda: torch.repeat_interleave(
-                torch.from_numpy(np.diff(bounds)).to(device), output_size=n_local))  # (n_local,)  # fmt: skip
-            train, js = loop.epoch_objective(z_out, y_local, which, counts, sums, cost=hp.cost,
-                                             reduction=hp.reduction, l1=self.l1, l2=self.l2)  # fmt: skip
-        nonfinite = ~torch.isfinite(js.reshape(K, -1))  # (K, U): the updates whose J was inf or NaN
-        first_bad = torch.where(nonfinite.any(1), nonfinite.int().argmax(1), -1)  # (K,)
-        lrs = opt.param_groups[0]["lr"]
+        l1_at, l2_at = (sums[i].unbind(-1) if on else [None] * U
+                        for i, on in enumerate((loop._on(self.l1), loop._on(self.l2))))  # fmt: skip
+        for updates in chunks:  # one chunk (all of this rank's examples) unless streamed
+            lo, hi = int(bounds[updates.start]), int(bounds[updates.stop])
+            if streamed:
+                xc, yc = self._to_device(x, y, index[..., lo:hi], y_local[..., lo:hi, :])
+            else:
+                xc, yc = x, y
+            lengths = np.diff(bounds[updates.start : updates.stop + 1]).tolist()
+            batches = zip(updates, xc.split(lengths, -2), yc.split(lengths, -2),
+                          z_out[..., lo:hi, :].split(lengths, -2))  # fmt: skip
+            for k, xb, yb, zb in batches:  # update k's examples, targets and z_L
+                if l1_at[k] is not None or l2_at[k] is not None:
+                    loop.penalty_sums(w, l1_at[k], l2_at[k])
+                scale = 1.0 / int(sizes[k]) if mean else 1.0  # the GLOBAL batch's scale
+                loop.data_gradient(self.weights, self.biases, xb, yb, self.grads, cost=hp.cost,
+                                   scale=scale, source=source, z_out=zb, chunk=hp.chunk_size)  # fmt: skip
+                if every and (first + k) % every == 0:
+                    self.crosscheck_errors.append(self._crosscheck(xb, yb, scale, first + k))
+                if distributed:
+                    sum_over_ranks(self.flat_grad)  # the whole batch's cost gradient, all members
+                loop.add_penalty_gradient(w, self._params.g, self.l1, self.l2, source)  # counted once
+                if mask is not None:
+                    self.flat_grad.masked_fill_(mask, 0.0)
+                step()
+        which = self._cached(("which", bounds.tobytes(), device), lambda: torch.repeat_interleave(
+            torch.from_numpy(np.diff(bounds)).to(device), output_size=n_local))  # (n_local,)  # fmt: skip
+        return loop.update_costs(z_out, y_local, which, U, cost=hp.cost), sums
+
+    def _end_epoch(self, train: dict, js, opt, updates: int, chunks: int) -> None:
+        """The epoch's figures logged (``train/*``, ``lr``, ``sparsity/*``, the cross-check's),
+        ``self.epoch_stats`` for the callbacks, histograms, and validation when the module runs it."""
+        K = self.n_members
+        if isinstance(js, np.ndarray):  # (K, U): the updates whose J was inf or NaN; their first (K,) or -1
+            bad = ~np.isfinite(js.reshape(K, -1))
+            first_bad = np.where(bad.any(1), bad.argmax(1), -1)
+        else:
+            bad = ~torch.isfinite(js.reshape(K, -1))
+            first_bad = torch.where(bad.any(1), bad.int().argmax(1), -1)
         metrics = {f"train/{k}": v for k, v in train.items()}
-        metrics["lr"] = lrs
+        metrics["lr"] = opt.param_groups[0]["lr"]
         metrics.update(self._sparsity())
         if self.crosscheck_errors:
             metrics["gradcheck/max_rel_err"] = torch.tensor(self.crosscheck_errors).amax(0)  # (K,)
         logged = self.log_epoch({**metrics, "_first_nonfinite": first_bad})
-        self.epoch_stats = {
+        self.epoch_stats.update({
             "J": [m["train/J"] for m in logged],
             "first_nonfinite_update": [int(m.pop("_first_nonfinite")) for m in logged],
-            "updates": U,
-            "chunks": len(chunks) if streamed else 0,  # streamed: the training split's chunks
+            "updates": updates,
+            "chunks": chunks,  # streamed: the training split's chunks
             "lr": [m["lr"] for m in logged],
-        }
-        self.trainer.callback_metrics.pop("_first_nonfinite", None)
+        })  # fmt: skip
         self._log_histograms()
         if self._validates_itself and (self.current_epoch + 1) % self.trainer.check_val_every_n_epoch == 0:
             dm = self.trainer.datamodule
             with torch.no_grad():
                 self._validate(dm.x_val, dm.y_val)
 
-    def log_epoch(self, metrics: dict[str, Tensor | float | Sequence[float]]) -> list[dict[str, float]]:
+    def log_epoch(self, metrics: dict[str, Tensor | np.ndarray | float | Sequence[float]]
+                  ) -> list[dict[str, float]]:  # fmt: skip
         """Log epoch-level scalars, each one value for all members or one per member (a ``(K,)``
-        tensor or a list), at step = the epoch: into each member's record of the epoch (written
-        to its TensorBoard run when the epoch ends) and, with one member, into
+        tensor or array, or a list), at step = the epoch: into each member's record of the epoch
+        (written to its TensorBoard run when the epoch ends) and, with one member, into
         ``trainer.callback_metrics`` (as ``self.log(..., on_epoch=True)`` would for one training
         step per epoch). One read from the device for all: ``self.log`` costs about a millisecond
         per name and call, more than an epoch of updates on small data. Returns what each member
@@ -726,15 +760,20 @@ class MLPModule(L.LightningModule):
             )
             values = dict(zip(tensors, stacked.tolist()))  # one read from the device
         for k, v in metrics.items():
-            if k not in values:
+            if k in values:
+                continue
+            if isinstance(v, np.ndarray):
+                values[k] = v.tolist() if v.size == K and v.ndim == 1 else [float(v.reshape(-1)[0])] * K
+            else:
                 values[k] = [float(x) for x in v] if isinstance(v, Sequence) else [float(v)] * K
         logged = [{k: v[m] for k, v in values.items()} for m in range(K)]
         if self._trainer is not None:
             for m, record in enumerate(self.epoch_log if hasattr(self, "epoch_log") else []):
                 record.update({k: v for k, v in logged[m].items() if not k.startswith("_")})
             if K == 1:
-                firsts = torch.tensor([v[0] for v in values.values()]).unbind()  # floats
-                self.trainer.callback_metrics.update(zip(values, firsts))
+                public = [k for k in values if not k.startswith("_")]
+                firsts = torch.tensor([values[k][0] for k in public]).unbind()  # floats
+                self.trainer.callback_metrics.update(zip(public, firsts))
         return logged
 
     def _count_updates(self, k: int) -> None:

@@ -15,7 +15,13 @@ the notes (:mod:`mlp_torch.model.backprop`)            here
 ``dJ/dW_l = delta_l^T a_{l-1}``, ``dJ/db_l = sum delta``  :func:`_gradient`
 ``delta_l = (delta_{l+1} W_{l+1}) * a_l (1 - a_l)``      :func:`_back`
 ``l1 sign(w) + 2 l2 w``; the optimizer's rule           :func:`_step`, one pass over the parameters
+each update's ``sum_i C_i`` at its weights (train/J)    :func:`_update_costs`, once per epoch
 =====================================================  ==========================================
+
+Each update's examples are read from the stored split in the epoch's shuffle order (``order``), so
+no shuffled copy is made before the call; ``z_L`` of every example is kept, and the costs of the
+whole epoch are computed at its end in one pass (SIMD: ``exp`` and ``log1p`` written out here as
+the sigmoid's ``exp`` is, a unit in the last place).
 
 It reads and writes the module's own tensors (the flat parameters, their gradient, the optimizer's
 state) through zero-copy numpy views, member after member (members are independent).
@@ -59,7 +65,9 @@ import math
 
 import numpy as np
 
-__all__ = ["NATIVE_PRODUCT", "RULES", "available", "epoch", "warm", "why_unavailable"]
+__all__ = [
+    "NATIVE_PRODUCT", "RULES", "available", "epoch", "warm", "why_unavailable"
+]  # fmt: skip
 
 RULES = {"GradientDescent": 0, "Momentum": 1, "HeavyBall": 2, "Nesterov": 3}
 COSTS = {"quadratic": 0, "cross_entropy": 1}
@@ -196,6 +204,119 @@ if numba is not None:
     def _sigmoid_by_dtype(Z, A, power):
         return (lambda Z, A, power: _sigmoid32(Z, A, power)) if Z.dtype == numba.types.float32 else (
             lambda Z, A, power: _sigmoid64(Z, A, power))  # fmt: skip
+
+
+# log1p(e) for e in [0, 1] as 2 atanh(s) (+ ln 2): s = e / (2 + e) for e <= sqrt(2) - 1, else
+# s = (e - 1) / (e + 3) and ln 2 added; |s| <= 0.1716, so s^2 <= 0.0295 and the series converges fast
+SQRT2_M1, LN2 = 0.41421356237309503, 0.6931471805599453
+SQRT2_M1_32, LN2_32 = np.float32(SQRT2_M1), np.float32(LN2)
+ZERO32, TWO32, THREE32 = np.float32(0.0), np.float32(2.0), np.float32(3.0)
+ATANH32 = [np.float32(1 / (2 * i + 1)) for i in range(6)]  # 1, 1/3, ..., 1/11: to s^11
+T1, T3, T5, T7, T9, T11 = ATANH32
+
+
+def _cross_entropy(Z, Y, C, power):
+    """``C = softplus(z) - y z`` value by value (:class:`mlp_torch.model.costs.CrossEntropyCost`),
+    ``Z``, ``Y``, ``C`` of one shape (in native code: :func:`_cross_entropy64` or
+    :func:`_cross_entropy32` by the dtype; ``power`` a scratch buffer as :func:`_sigmoid`'s)."""
+    raise NotImplementedError("only in native code")
+
+
+@_exact
+def _cross_entropy64(Z, Y, C, power):
+    """``C = softplus(z) - y z`` in float64, ``softplus(z) = max(z, 0) + log1p(exp(-|z|))`` (finite
+    where the sigmoid saturates) as SIMD: ``exp`` as in :func:`_sigmoid64`, ``log1p`` by its
+    ``atanh`` series to ``s^21`` (within a unit in the last place). A NaN or an inf in ``z`` gives
+    a NaN or an inf, as torch's would."""
+    z, y, c = Z.reshape(Z.size), Y.reshape(Y.size), C.reshape(C.size)
+    bits = power.view(np.int64)
+    for lo in range(0, len(z), len(power)):
+        n = min(len(power), len(z) - lo)
+        zc, yc, cc = z[lo : lo + n], y[lo : lo + n], c[lo : lo + n]
+        for j in range(n):
+            x = -abs(zc[j])
+            x = -708.0 if x < -708.0 else x
+            m = x * LOG2E + ROUND
+            k = m - ROUND
+            t = (x - k * LN2_HI) - k * LN2_LO
+            cc[j] = 1.0 + t * (1.0 + t * (1 / 2 + t * (1 / 6 + t * (1 / 24 + t * (1 / 120 + t * (
+                1 / 720 + t * (1 / 5040 + t * (1 / 40320 + t * (1 / 362880 + t * (1 / 3628800 + t * (
+                    1 / 39916800 + t * (1 / 479001600 + t * (1 / 6227020800)))))))))))))  # fmt: skip
+            power[j] = m
+        for j in range(n):
+            bits[j] = (bits[j] - ROUND_BITS + 1023) << 52  # 2^k
+        for j in range(n):
+            e = cc[j] * power[j]  # exp(-|z|), in (0, 1]
+            big = e > SQRT2_M1
+            q = (e - 1.0) / (e + 3.0) if big else e / (e + 2.0)
+            q2 = q * q
+            log1p = (LN2 if big else 0.0) + 2.0 * q * (1.0 + q2 * (1 / 3 + q2 * (1 / 5 + q2 * (1 / 7 + q2 * (
+                1 / 9 + q2 * (1 / 11 + q2 * (1 / 13 + q2 * (1 / 15 + q2 * (1 / 17 + q2 * (
+                    1 / 19 + q2 * (1 / 21)))))))))))  # fmt: skip
+            v = zc[j]
+            cc[j] = (v if v > 0.0 else 0.0) + log1p - yc[j] * v
+
+
+@_exact
+def _cross_entropy32(Z, Y, C, power):
+    """:func:`_cross_entropy64` in float32 arithmetic: ``exp`` as in :func:`_sigmoid32`,
+    ``log1p``'s series to ``s^11``."""
+    z, y, c = Z.reshape(Z.size), Y.reshape(Y.size), C.reshape(C.size)
+    bits = power.view(np.int32)
+    for lo in range(0, len(z), len(power)):
+        n = min(len(power), len(z) - lo)
+        zc, yc, cc = z[lo : lo + n], y[lo : lo + n], c[lo : lo + n]
+        for j in range(n):
+            x = -abs(zc[j])
+            x = LOW32 if x < LOW32 else x
+            m = x * LOG2E32 + ROUND32
+            k = m - ROUND32
+            t = (x - k * LN2_HI32) - k * LN2_LO32
+            cc[j] = ONE32 + t * (ONE32 + t * (C2 + t * (C3 + t * (C4 + t * (C5 + t * (C6 + t * C7))))))
+            power[j] = m
+        for j in range(n):
+            bits[j] = (bits[j] - ROUND_BITS32 + np.int32(127)) << np.int32(23)  # 2^k
+        for j in range(n):
+            e = cc[j] * power[j]
+            big = e > SQRT2_M1_32
+            q = (e - ONE32) / (e + THREE32) if big else e / (e + TWO32)
+            q2 = q * q
+            log1p = (LN2_32 if big else ZERO32) + TWO32 * q * (
+                T1 + q2 * (T3 + q2 * (T5 + q2 * (T7 + q2 * (T9 + q2 * T11)))))  # fmt: skip
+            v = zc[j]
+            cc[j] = (v if v > ZERO32 else ZERO32) + log1p - yc[j] * v
+
+
+if numba is not None:
+
+    @numba.extending.overload(_cross_entropy)
+    def _cross_entropy_by_dtype(Z, Y, C, power):
+        if Z.dtype == numba.types.float32:
+            return lambda Z, Y, C, power: _cross_entropy32(Z, Y, C, power)
+        return lambda Z, Y, C, power: _cross_entropy64(Z, Y, C, power)
+
+
+@_exact
+def _update_costs(Z, Y, C, starts, cost, power, out):
+    """Each update's cost sum ``sum_i C_i`` into ``out`` ``(U,)`` from its examples' ``z_L`` ``Z``
+    and targets ``Y`` (``(n, n_L)``, update ``u`` rows ``starts[u]:starts[u + 1]``), once per epoch
+    over all its examples (SIMD), ``C`` ``(n, n_L)`` a scratch buffer: cross-entropy
+    (:func:`_cross_entropy`) or quadratic ``1/2 (f(z) - y)^2`` (``f`` by :func:`_sigmoid`); the
+    sums in float64."""
+    if cost == 0:
+        _sigmoid(Z, C, power)
+        for r in range(Z.shape[0]):
+            for j in range(Z.shape[1]):
+                d = C[r, j] - Y[r, j]
+                C[r, j] = 0.5 * d * d
+    else:
+        _cross_entropy(Z, Y, C, power)
+    for u in range(len(starts) - 1):
+        total = 0.0
+        for r in range(starts[u], starts[u + 1]):
+            for j in range(C.shape[1]):
+                total += C[r, j]
+        out[u] = total
 
 
 @_sums_may_reorder
@@ -343,6 +464,15 @@ def _units_distinct(w, w_at, b_at, shapes):
 
 
 @_exact
+def _gather(a, rows, out):
+    """``out[r] = a[rows[r]]``."""
+    for r in range(len(rows)):
+        i = rows[r]
+        for c in range(a.shape[1]):
+            out[r, c] = a[i, c]
+
+
+@_exact
 def _add_bias(Z, b):
     for r in range(Z.shape[0]):
         for j in range(Z.shape[1]):
@@ -376,8 +506,8 @@ def _times_slope(D, A, one):
 
 
 @_exact
-def _epoch(flat, grad, state, x, y, z_out, sums, sizes, starts, scales, cost, rule, l1, l2, lr, alpha, active,
-           blas_block, zero, one):  # fmt: skip
+def _epoch(flat, grad, state, x, y, order, costs, sums, sizes, starts, scales, cost, rule, l1, l2, lr, alpha,
+           active, blas_block, zero, one):  # fmt: skip
     L = len(sizes) - 1
     w_at = np.zeros(L, np.int64)
     b_at = np.zeros(L, np.int64)
@@ -399,6 +529,10 @@ def _epoch(flat, grad, state, x, y, z_out, sums, sizes, starts, scales, cost, ru
     dtype = flat.dtype
     acts = [np.empty((rows, sizes[i + 1]), dtype=dtype) for i in range(L)]  # a_1, ..., a_L of a block
     zs = [np.empty((rows, sizes[i + 1]), dtype=dtype) for i in range(L - 1)]  # z_1, ..., z_{L-1}
+    z_out = np.empty((starts[-1], sizes[L]), dtype=dtype)  # each example's z_L: its cost
+    cost_values = np.empty_like(z_out)
+    x_block = np.empty((rows, sizes[0]), dtype=dtype)  # a block's examples, gathered in use order ...
+    y_used = np.empty((starts[-1], sizes[L]), dtype=dtype)  # ... and their targets
     deltas = [np.empty((rows, sizes[i + 1]), dtype=dtype) for i in range(L)]  # delta_1, ..., delta_L
     power = np.empty(max(sizes.max(), 256), dtype=dtype)  # _sigmoid's 2^k
     pair = np.zeros(2, dtype=dtype)
@@ -408,7 +542,9 @@ def _epoch(flat, grad, state, x, y, z_out, sums, sizes, starts, scales, cost, ru
             continue
         w, g, buffer = flat[k], grad[k], state[k]
         Ws, gWs = _views(flat, w_at, shapes, k), _views(grad, w_at, shapes, k)
-        xk, yk, zk = x[min(k, x.shape[0] - 1)], y[min(k, y.shape[0] - 1)], z_out[k]
+        xk, yk = x[min(k, x.shape[0] - 1)], y[min(k, y.shape[0] - 1)]
+        use = order[min(k, order.shape[0] - 1)]  # the rows of xk, yk in use order (none: as stored)
+        stored = len(use) == 0
         blas_ok = largest >= BLAS_ROWS and _units_distinct(w, w_at, b_at, shapes)
         for u in range(len(starts) - 1):
             if l1[k] != zero or l2[k] != zero:
@@ -420,9 +556,15 @@ def _epoch(flat, grad, state, x, y, z_out, sums, sizes, starts, scales, cost, ru
             for b0 in range(r0, r1, step):
                 b1 = min(b0 + step, r1)
                 B, first = b1 - b0, b0 == r0
-                A = xk[b0:b1]
+                if stored:
+                    X, Y = xk[b0:b1], yk[b0:b1]
+                else:
+                    _gather(xk, use[b0:b1], x_block[:B])
+                    _gather(yk, use[b0:b1], y_used[b0:b1])
+                    X, Y = x_block[:B], y_used[b0:b1]
+                A = X
                 for i in range(L):
-                    Z = zk[b0:b1] if i == L - 1 else zs[i][:B]  # z_L is kept: each example's cost
+                    Z = z_out[b0:b1] if i == L - 1 else zs[i][:B]
                     b = w[b_at[i] : b_at[i] + sizes[i + 1]]
                     if blas:
                         np.dot(A, Ws[i].T, Z)  # (B, n_out)
@@ -431,9 +573,9 @@ def _epoch(flat, grad, state, x, y, z_out, sums, sizes, starts, scales, cost, ru
                         _forward(Ws[i], b, A, Z, zero)
                     _sigmoid(Z, acts[i][:B], power)
                     A = acts[i][:B]
-                _output_error(A, yk[b0:b1], deltas[L - 1][:B], cost, scales[u], one)
+                _output_error(A, Y, deltas[L - 1][:B], cost, scales[u], one)
                 for i in range(L - 1, -1, -1):
-                    A_in, D = (acts[i - 1][:B] if i else xk[b0:b1]), deltas[i][:B]
+                    A_in, D = (acts[i - 1][:B] if i else X), deltas[i][:B]
                     gb = g[b_at[i] : b_at[i] + sizes[i + 1]]
                     if not blas:
                         _gradient(gWs[i], gb, D, A_in, first)
@@ -450,6 +592,7 @@ def _epoch(flat, grad, state, x, y, z_out, sums, sizes, starts, scales, cost, ru
                         np.dot(D, Ws[i], deltas[i - 1][:B])  # (B, n_in)
                         _times_slope(deltas[i - 1][:B], A_in, one)
             _step(w, g, buffer, rule, l1[k], l2[k], lr[k], alpha[k], n_weights, zero, one)
+        _update_costs(z_out, yk if stored else y_used, cost_values, starts, cost, power, costs[k])
 
 
 def epoch(
@@ -458,7 +601,7 @@ def epoch(
     state,
     x,
     y,
-    z_out,
+    costs,
     sums,
     sizes,
     starts,
@@ -471,18 +614,21 @@ def epoch(
     lr,
     alpha,
     active,
+    order=None,
     threads: int = 1,
     blas_block: int = BLAS_BLOCK,
 ) -> None:
     """Every update of one epoch, in place. ``flat``, ``grad`` and ``state`` ``(K, P)``: numpy views
     of the module's parameters, gradient (left holding each member's last update's) and the
-    optimizer's buffer (``None`` for gradient descent); ``x``, ``y`` ``(1 or K, n, ...)`` in use
-    order; ``z_out`` ``(K, n, n_L)`` gets each example's ``z_L``, ``sums`` ``(2, K, U)`` the
-    penalties' sums at each update's weights (where a penalty is on); ``sizes`` the layer sizes;
-    update ``u`` uses rows ``starts[u]:starts[u + 1]`` weighted by ``scales[u]``; ``l1``, ``l2``,
-    ``lr``, ``alpha``, ``active`` one per member (inactive members are left as they are);
-    ``threads`` the BLAS threads of updates on :data:`BLAS_ROWS` examples or more, which take
-    their examples ``blas_block`` at a time."""
+    optimizer's buffer (``None`` for gradient descent); ``x``, ``y`` ``(N, ...)`` shared by all
+    members or ``(K, N, ...)`` one each, their rows in use order ``order`` (``(n,)`` for all
+    members, ``(K, n)`` one each; ``None``: as stored); ``costs`` ``(K, U)`` gets each update's cost
+    sum ``sum_i C_i`` (unscaled) at the weights it used, ``sums`` ``(2, K, U)`` the penalties' sums
+    there (where a penalty is on); ``sizes`` the layer sizes; update ``u`` uses rows
+    ``starts[u]:starts[u + 1]`` of the use order, weighted by ``scales[u]``; ``l1``, ``l2``, ``lr``,
+    ``alpha``, ``active`` one per member (inactive members are left as they are, their costs too);
+    ``threads`` the BLAS threads of updates on :data:`BLAS_ROWS` examples or more, which take their
+    examples ``blas_block`` at a time."""
     dtype = flat.dtype
     starts = np.asarray(starts, np.int64)
     blas = len(starts) > 1 and int(np.diff(starts).max()) >= BLAS_ROWS
@@ -492,17 +638,21 @@ def epoch(
     for a in (flat, grad, state):
         if a is not None and not a.flags.c_contiguous:
             raise ValueError("the parameters, gradient and state must be C-contiguous")
-    x, y, z, s = (np.ascontiguousarray(a) for a in (x, y, z_out, sums))
+    x, y, c, s = (np.ascontiguousarray(a) for a in (x, y, costs, sums))
+    x, y = (a if a.ndim == 3 else a[None] for a in (x, y))  # (1 or K, N, ...)
+    order = _NO_ORDER if order is None else np.ascontiguousarray(order, np.int64).reshape(-1, order.shape[-1])
     with _blas_threads(threads if blas else None):
-        _epoch(flat, grad, flat if state is None else state, x, y, z, s,
+        _epoch(flat, grad, flat if state is None else state, x, y, order, c, s,
                np.asarray(sizes, np.int64), starts, np.asarray(scales, dtype), COSTS[cost],
                rule, *(np.asarray(v, dtype) for v in (l1, l2, lr, alpha)), np.asarray(active, np.bool_),
                blas_block, dtype.type(0), dtype.type(1))  # fmt: skip
-    if z is not z_out:
-        z_out[...] = z
+    if c is not costs:
+        costs[...] = c
     if s is not sums:
         sums[...] = s
 
+
+_NO_ORDER = np.zeros((1, 0), np.int64)  # the rows as stored
 
 _blas_libraries = None  # threadpoolctl's controllers of the BLAS libraries loaded (found once)
 
@@ -542,6 +692,6 @@ def warm() -> None:
         sizes = [2, 3, 2]
         flat = np.zeros((1, 17), dtype)
         x, y = np.zeros((1, 4, 2), dtype), np.zeros((1, 4, 2), dtype)
-        epoch(flat, np.zeros_like(flat), np.zeros_like(flat), x, y, np.zeros((1, 4, 2), dtype),
+        epoch(flat, np.zeros_like(flat), np.zeros_like(flat), x, y, np.zeros((1, 2), dtype),
               np.zeros((2, 1, 2), dtype), sizes, [0, 2, 4], [0.5, 0.5], cost="quadratic", rule=1, l1=[0.0],
               l2=[0.0], lr=[0.1], alpha=[0.5], active=[True])  # fmt: skip
