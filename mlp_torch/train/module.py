@@ -630,7 +630,7 @@ class MLPModule(L.LightningModule):
         sum ``(K, U)`` and the penalties' sums at its weights ``(2, K, U)`` (numpy arrays)."""
         from mlp_torch.train import native
 
-        K, U, dtype = self.n_members, len(sizes), x.numpy().dtype
+        K, U, dtype = self.n_members, len(sizes), x.numpy().dtype  # (the data's dtype is the network's)
         group, state = opt.param_groups[0], opt.state[self.flat]
         key = {1: "dw", 2: "velocity", 3: "velocity"}.get(self._native_rule)
         if key is not None and key not in state:
@@ -643,7 +643,8 @@ class MLPModule(L.LightningModule):
             return value.tolist() if isinstance(value, Tensor) else [float(value)] * K
 
         costs, sums = np.zeros((K, U), dtype), np.zeros((2, K, U), dtype)
-        scales = 1.0 / sizes if self.hparams.reduction == "mean" else np.ones(U)
+        mean = self.hparams.reduction == "mean"
+        scales = self._cached(("scales", sizes.tobytes(), mean), lambda: 1.0 / sizes if mean else np.ones(U))
         settings = dict(cost=self.hparams.cost, rule=self._native_rule, l1=per_member(self.l1),
                         l2=per_member(self.l2), lr=per_member(group["lr"]),
                         alpha=per_member(group.get("alpha", 0.0)), active=self._active,

@@ -60,7 +60,6 @@ processes (DDP's collective per update), CUDA. ``--model.native false`` turns it
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -631,7 +630,7 @@ def epoch(
     examples ``blas_block`` at a time."""
     dtype = flat.dtype
     starts = np.asarray(starts, np.int64)
-    blas = len(starts) > 1 and int(np.diff(starts).max()) >= BLAS_ROWS
+    blas = len(starts) > 1 and int((starts[1:] - starts[:-1]).max()) >= BLAS_ROWS
     # C-contiguous arrays only (one compiled signature per dtype; numba's np.dot needs them): the
     # inputs copied where they are views with gaps (a sweep's chunk of a streamed epoch), the
     # outputs written through contiguous copies
@@ -641,11 +640,14 @@ def epoch(
     x, y, c, s = (np.ascontiguousarray(a) for a in (x, y, costs, sums))
     x, y = (a if a.ndim == 3 else a[None] for a in (x, y))  # (1 or K, N, ...)
     order = _NO_ORDER if order is None else np.ascontiguousarray(order, np.int64).reshape(-1, order.shape[-1])
-    with _blas_threads(threads if blas else None):
+    changed = _set_blas_threads(threads if blas else None)
+    try:
         _epoch(flat, grad, flat if state is None else state, x, y, order, c, s,
                np.asarray(sizes, np.int64), starts, np.asarray(scales, dtype), COSTS[cost],
                rule, *(np.asarray(v, dtype) for v in (l1, l2, lr, alpha)), np.asarray(active, np.bool_),
                blas_block, dtype.type(0), dtype.type(1))  # fmt: skip
+    finally:
+        _restore_blas_threads(changed)
     if c is not costs:
         costs[...] = c
     if s is not sums:
@@ -657,30 +659,31 @@ _NO_ORDER = np.zeros((1, 0), np.int64)  # the rows as stored
 _blas_libraries = None  # threadpoolctl's controllers of the BLAS libraries loaded (found once)
 
 
-@contextlib.contextmanager
-def _blas_threads(threads):
+def _set_blas_threads(threads) -> list[tuple[object, int]]:
     """BLAS's libraries on ``threads`` threads for the epoch (OpenBLAS would split a product of a
     few hundred thousand multiply-adds over every core; :mod:`mlp_torch.train.threads`' rule is one
-    thread at the sizes this loop trains), as they were after; ``None``: left alone."""
+    thread at the sizes this loop trains); returns those changed, with their threads before
+    (:func:`_restore_blas_threads` puts them back); ``None``: left alone."""
     global _blas_libraries
     if threads is None:
-        yield
-        return
+        return []
     if _blas_libraries is None:
         import scipy.linalg.cython_blas  # noqa: F401 (the BLAS numba's products call: loaded before looking)
         from threadpoolctl import ThreadpoolController
 
         _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
-    before = [lib.get_num_threads() for lib in _blas_libraries]
-    for lib, n in zip(_blas_libraries, before):
-        if n != threads:
+    changed = []
+    for lib in _blas_libraries:
+        before = lib.get_num_threads()
+        if before != threads:
             lib.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        for lib, n in zip(_blas_libraries, before):
-            if n != threads:
-                lib.set_num_threads(n)
+            changed.append((lib, before))
+    return changed
+
+
+def _restore_blas_threads(changed: list[tuple[object, int]]) -> None:
+    for lib, before in changed:
+        lib.set_num_threads(before)
 
 
 def warm() -> None:
