@@ -226,7 +226,7 @@ def test_the_module_trains_the_same_run_natively_and_in_torch(batch_size, caplog
     from mlp_torch.data import MLPDataModule
     from mlp_torch.train.module import MLPModule
 
-    runs = {}
+    runs, records = {}, {}
     for on in (True, False):
         dm = MLPDataModule("iris", dtype="float64")
         module = MLPModule(n_inputs=4, n_outputs=3, hidden_sizes=[6], dtype="float64", batch_size=batch_size,
@@ -234,6 +234,7 @@ def test_the_module_trains_the_same_run_natively_and_in_torch(batch_size, caplog
         with caplog.at_level(logging.INFO):
             fit(module, dm)
         runs[on] = module.flat.clone(), module.epoch_stats["J"][0], module.trainer.callback_metrics["train/J"]
+        records[on] = dict(module.epoch_log[0])  # the last epoch's figures: train/*, sparsity/*
         assert ("native: on" if on else "native: off (--model.native false)") in caplog.text
         caplog.clear()
     (native_flat, native_J, logged), (torch_flat, torch_J, _) = runs[True], runs[False]
@@ -241,6 +242,9 @@ def test_the_module_trains_the_same_run_natively_and_in_torch(batch_size, caplog
     assert native_J == pytest.approx(torch_J, rel=1e-12) and float(logged) == pytest.approx(
         native_J, rel=1e-6
     )  # train/J of the last epoch
+    assert records[True].keys() == records[False].keys() and "sparsity/layer_0" in records[True]
+    for name, value in records[False].items():  # the compiled figures and the torch loop's
+        assert records[True][name] == pytest.approx(value, rel=1e-12, abs=1e-15), name
 
 
 @pytest.mark.parametrize(
@@ -341,3 +345,22 @@ def test_rows_in_use_order_are_read_where_they_are(batch):
     for (xs, ys, order), gathered in cases:
         for got, want in zip(run(xs, ys, order), run(*gathered, None)):
             assert np.array_equal(got, want)
+
+
+def test_figures_find_the_first_non_finite_update_and_the_small_weights():
+    """native.figures: J and its terms as loop.epoch_objective's, each member's first update whose
+    J is inf or NaN, each layer's fraction of weights below the line."""
+    from mlp_torch.train import loop
+
+    costs = np.array([[2.0, 4.0, 6.0], [1.0, np.nan, np.inf]])  # (K, U)
+    sums = np.array([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]])  # (2, K, U)
+    counts, l1, l2 = np.array([4, 4, 2]), [0.1, 0.0], [0.01, 0.5]
+    flat = np.array(
+        [[0.0, 0.5, -1e-4, 2.0, 0.0, 0.1, 1.0], [1.0] * 7]
+    )  # sizes [1, 2, 1]: 2 + 2 weights, 3 biases
+    got = native.figures(costs, sums, counts, l1, l2, flat, [1, 2, 1], mean=True, near_zero=1e-3)
+    first = [torch.tensor(np.asarray(a, float)) for a in (costs[:1], counts, sums[:, :1], l1[:1], l2[:1])]
+    want, _ = loop.epoch_objective(*first[:3], reduction="mean", l1=first[3], l2=first[4])
+    np.testing.assert_allclose(got[0, :4], [float(want[k][0]) for k in ("J", "cost", "l1", "l2")], rtol=1e-15)
+    assert got[0, 4] == -1 and got[1, 4] == 1  # the second member's J went NaN at update 1
+    np.testing.assert_array_equal(got[:, 5:], [[0.5, 0.5], [0.0, 0.0]])

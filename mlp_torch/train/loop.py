@@ -198,14 +198,22 @@ def update_costs(z: Tensor, y: Tensor, which: Tensor, updates: int, *, cost: str
     return sum_over_ranks(per_update)  # the whole batches' cost sums
 
 
-def epoch_objective(per_update, counts, sums, *, reduction: str, l1, l2) -> tuple[dict, object]:
+def epoch_objective(
+    per_update: Tensor,
+    counts: Tensor,
+    sums: Tensor,
+    *,
+    reduction: str,
+    l1: float | Tensor,
+    l2: float | Tensor,
+) -> tuple[dict[str, Tensor], Tensor]:
     """The epoch's ``{"J", "cost", "l1", "l2"}`` of each member (``()`` or ``(K,)``) and each
     update's ``J`` (``(U,)`` or ``(K, U)``), from each update's cost sum ``per_update`` (``(..., U)``,
-    :func:`update_costs` or the native loop's), the global batch sizes ``counts`` ``(U,)`` and the
+    :func:`update_costs`), the global batch sizes ``counts`` ``(U,)`` and the
     penalties' sums at each update's weights ``sums`` ``(2, ..., U)``; ``l1``, ``l2`` numbers or one
-    per member ``(K,)``. Tensors (the torch loop's) or numpy arrays (the native loop's) alike: the
-    same operations. The cost is reduced over the whole split as ``reduction`` says, the penalties
-    averaged over the updates."""
+    per member ``(K,)``. The cost is reduced over the whole split as ``reduction`` says, the
+    penalties averaged over the updates (the native loop's :func:`mlp_torch.train.native.figures`
+    computes the same in its compiled code)."""
     total = per_update.sum(-1)  # (...)
     if reduction == "mean":
         total = total / counts.sum()

@@ -606,28 +606,31 @@ class MLPModule(L.LightningModule):
         opt = self.optimizers(use_pl_optimizer=False)
         self.crosscheck_errors.clear()
         if self._native_loop(opt, rows):
-            per_update, sums = self._native_epoch(x, y, index, bounds, sizes, chunks, opt)
-            counts = sizes
-            l1, l2 = (np.asarray(v.tolist()) if isinstance(v, Tensor) else v for v in (self.l1, self.l2))
+            metrics = self._native_epoch(x, y, index, bounds, sizes, chunks, opt)
         else:
             index = None if index is None else index.to(self.flat.device)
             with torch.no_grad():
                 per_update, sums = self._torch_epoch(x, y, index, bounds, sizes, chunks, opt)
             counts = self._cached(("counts", n, size, self.flat.device),
                                   lambda: torch.from_numpy(sizes).to(self.flat.device))  # fmt: skip
-            l1, l2 = self.l1, self.l2
+            train, js = loop.epoch_objective(per_update, counts, sums, reduction=hp.reduction, l1=self.l1,
+                                             l2=self.l2)  # fmt: skip
+            bad = ~torch.isfinite(js.reshape(K, -1))  # (K, U): the updates whose J was inf or NaN
+            metrics = {f"train/{k}": v for k, v in train.items()}
+            metrics["_first_nonfinite"] = torch.where(bad.any(1), bad.int().argmax(1), -1)  # (K,): or -1
+            metrics.update(self._sparsity())
         self._count_updates(U)
-        train, js = loop.epoch_objective(per_update, counts, sums, reduction=hp.reduction, l1=l1, l2=l2)
         self.epoch_examples = index if index is not None else self._cached(
             ("arange", n), lambda: torch.arange(n))  # (..., n_local)  # fmt: skip
         streamed = len(chunks) > 1 or x.device != self.flat.device
-        self._end_epoch(train, js, opt, U, len(chunks) if streamed else 0)
+        self._end_epoch(metrics, opt, U, len(chunks) if streamed else 0)
 
     def _native_epoch(self, x: Tensor, y: Tensor, index: Tensor | None, bounds: np.ndarray, sizes: np.ndarray,
-                      chunks: list[range], opt) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                      chunks: list[range], opt) -> dict[str, np.ndarray]:  # fmt: skip
         """The epoch's updates by :func:`mlp_torch.train.native.epoch`, one call per chunk, in place
-        on ``self.flat``, ``self.flat_grad`` and the optimizer's state; returns each update's cost
-        sum ``(K, U)`` and the penalties' sums at its weights ``(2, K, U)`` (numpy arrays)."""
+        on ``self.flat``, ``self.flat_grad`` and the optimizer's state; returns the epoch's figures
+        (``train/J``, ``train/cost``, ``train/l1``, ``train/l2``, each member's first non-finite
+        update, ``sparsity/layer_i``; ``(K,)`` numpy arrays) by :func:`mlp_torch.train.native.figures`."""
         from mlp_torch.train import native
 
         K, U, dtype = self.n_members, len(sizes), x.numpy().dtype  # (the data's dtype is the network's)
@@ -660,7 +663,12 @@ class MLPModule(L.LightningModule):
                 bounds[updates.start : updates.stop + 1] - lo, scales[done],
                 order=None if order is None else order[..., lo:hi], **settings,
             )  # fmt: skip
-        return costs, sums
+        names = self._cached(("figures", len(self.net.sizes)), lambda: [
+            *(f"train/{k}" for k in native.FIGURES[:4]), "_first_nonfinite",
+            *(f"sparsity/layer_{i}" for i in range(len(self.net.sizes) - 1))])  # fmt: skip
+        figures = native.figures(costs, sums, sizes, settings["l1"], settings["l2"], members(self.flat),
+                                 self.net.sizes, mean=mean, near_zero=NEAR_ZERO)  # (K, 5 + L)  # fmt: skip
+        return dict(zip(names, figures.T))
 
     def _torch_epoch(self, x: Tensor, y: Tensor, index: Tensor | None, bounds: np.ndarray, sizes: np.ndarray,
                      chunks: list[range], opt) -> tuple[Tensor, Tensor]:  # fmt: skip
@@ -714,22 +722,14 @@ class MLPModule(L.LightningModule):
             torch.from_numpy(np.diff(bounds)).to(device), output_size=n_local))  # (n_local,)  # fmt: skip
         return loop.update_costs(z_out, y_local, which, U, cost=hp.cost), sums
 
-    def _end_epoch(self, train: dict, js, opt, updates: int, chunks: int) -> None:
-        """The epoch's figures logged (``train/*``, ``lr``, ``sparsity/*``, the cross-check's),
-        ``self.epoch_stats`` for the callbacks, histograms, and validation when the module runs it."""
-        K = self.n_members
-        if isinstance(js, np.ndarray):  # (K, U): the updates whose J was inf or NaN; their first (K,) or -1
-            bad = ~np.isfinite(js.reshape(K, -1))
-            first_bad = np.where(bad.any(1), bad.argmax(1), -1)
-        else:
-            bad = ~torch.isfinite(js.reshape(K, -1))
-            first_bad = torch.where(bad.any(1), bad.int().argmax(1), -1)
-        metrics = {f"train/{k}": v for k, v in train.items()}
+    def _end_epoch(self, metrics: dict, opt, updates: int, chunks: int) -> None:
+        """The epoch's figures (``train/*``, ``sparsity/*``, each member's first non-finite update)
+        logged with ``lr`` and the cross-check's, ``self.epoch_stats`` for the callbacks, histograms,
+        and validation when the module runs it."""
         metrics["lr"] = opt.param_groups[0]["lr"]
-        metrics.update(self._sparsity())
         if self.crosscheck_errors:
             metrics["gradcheck/max_rel_err"] = torch.tensor(self.crosscheck_errors).amax(0)  # (K,)
-        logged = self.log_epoch({**metrics, "_first_nonfinite": first_bad})
+        logged = self.log_epoch(metrics)
         self.epoch_stats.update({
             "J": [m["train/J"] for m in logged],
             "first_nonfinite_update": [int(m.pop("_first_nonfinite")) for m in logged],

@@ -65,7 +65,7 @@ import math
 import numpy as np
 
 __all__ = [
-    "NATIVE_PRODUCT", "RULES", "available", "epoch", "warm", "why_unavailable"
+    "FIGURES", "NATIVE_PRODUCT", "RULES", "available", "epoch", "figures", "warm", "why_unavailable"
 ]  # fmt: skip
 
 RULES = {"GradientDescent": 0, "Momentum": 1, "HeavyBall": 2, "Nesterov": 3}
@@ -655,6 +655,61 @@ def epoch(
 
 
 _NO_ORDER = np.zeros((1, 0), np.int64)  # the rows as stored
+
+FIGURES = (
+    "J",
+    "cost",
+    "l1",
+    "l2",
+    "first_nonfinite",
+)  # figures()'s first columns; then each layer's sparsity
+
+
+def figures(costs, sums, counts, l1, l2, flat, sizes, *, mean: bool, near_zero: float):
+    """Each member's figures of the epoch just trained, ``(K, 5 + L)`` float64: its ``J``, cost,
+    L1 and L2 terms (the cost reduced over the split, ``mean`` or summed; the penalties averaged
+    over the updates, as :func:`mlp_torch.train.loop.epoch_objective`), its first update whose
+    ``J`` was inf or NaN (-1: none), and each layer's fraction of weights below ``near_zero`` in
+    size (the module's ``sparsity/``), from each update's cost sum ``costs`` ``(K, U)``, the
+    penalties' sums ``sums`` ``(2, K, U)``, the batch sizes ``counts`` ``(U,)``, ``l1``, ``l2`` one
+    per member, and the parameters ``flat`` ``(K, P)`` of layer sizes ``sizes``. One compiled
+    call: the same figures by tensor operations cost more than an epoch of small updates."""
+    out = np.empty((len(costs), len(FIGURES) + len(sizes) - 1))
+    l1, l2, counts = (np.asarray(v, np.float64) for v in (l1, l2, counts))
+    _figures(costs, sums, counts, l1, l2, flat, np.asarray(sizes, np.int64), mean, near_zero, out)
+    return out
+
+
+@_exact
+def _figures(costs, sums, counts, l1, l2, flat, sizes, mean, near_zero, out):
+    K, U = costs.shape
+    n = counts.sum()
+    for k in range(K):
+        cost, p1, p2, first = 0.0, 0.0, 0.0, -1
+        for u in range(U):
+            c, a, b = float(costs[k, u]), l1[k] * sums[0, k, u], l2[k] * sums[1, k, u]
+            if first < 0 and not np.isfinite((c / counts[u] if mean else c) + a + b):
+                first = u
+            cost += c
+            p1 += a
+            p2 += b
+        cost = cost / n if mean else cost
+        out[k, 0], out[k, 1], out[k, 2], out[k, 3], out[k, 4] = (
+            cost + p1 / U + p2 / U,
+            cost,
+            p1 / U,
+            p2 / U,
+            first,
+        )
+        at = 0
+        for i in range(len(sizes) - 1):
+            size = sizes[i] * sizes[i + 1]
+            small = 0
+            for p in range(at, at + size):
+                small += abs(flat[k, p]) < near_zero
+            out[k, 5 + i] = small / size
+            at += size
+
 
 _blas_libraries = None  # threadpoolctl's controllers of the BLAS libraries loaded (found once)
 
