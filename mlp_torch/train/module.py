@@ -473,11 +473,11 @@ class MLPModule(L.LightningModule):
         return self.trainer.global_rank, self.trainer.world_size
 
     def _cached(self, key: tuple, make):
-        """``make()``, made once per ``key`` and kept (the last few): what every epoch of a run
+        """``make()``, made once per ``key`` and kept (the last 16): what every epoch of a run
         rebuilds the same (its updates' row of each example, ``arange(n)``)."""
         cache = self.__dict__.setdefault("_epoch_cache", {})
         if key not in cache:
-            if len(cache) >= 8:
+            if len(cache) >= 16:
                 cache.pop(next(iter(cache)))
             cache[key] = make()
         return cache[key]
@@ -639,8 +639,8 @@ class MLPModule(L.LightningModule):
         if key is not None and key not in state:
             state[key] = torch.zeros_like(self.flat, memory_format=torch.preserve_format)  # as its step would
 
-        def members(t: Tensor):  # (K, ...) as numpy, sharing the tensor's memory
-            return (t if K > 1 else t[None]).numpy()
+        def members(t: Tensor):  # (K, ...) as numpy, sharing the tensor's memory (made once per tensor)
+            return self._cached(("numpy", t.data_ptr(), t.shape), lambda: (t if K > 1 else t[None]).numpy())
 
         def per_member(value) -> list[float]:
             return value.tolist() if isinstance(value, Tensor) else [float(value)] * K
