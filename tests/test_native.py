@@ -154,6 +154,71 @@ def test_each_member_is_trained_as_it_would_be_alone():
         assert float(((costs[k] - last) / last).abs().max()) <= 1e-12
 
 
+@pytest.mark.parametrize("batch", [1, native.BLAS_ROWS + 1])
+def test_members_shared_among_threads_are_trained_bit_for_bit_as_one_after_another(batch):
+    """workers > 1: the active members in groups, each group's epoch on a thread of its own; every
+    number of every member (parameters, gradient, state, costs, penalties' sums) is the one the
+    members trained one after another get, bit for bit, an inactive member left as it was."""
+    sizes, dtype, K = [3, 9, 2], torch.float32, 5
+    nets = [SigmoidMLP(sizes, seed=k).to(dtype) for k in range(K)]
+    data = [problem(sizes, "cross_entropy", dtype, seed=20 + k) for k in range(K)]
+    start = torch.stack([torch.cat([p.detach().reshape(-1) for p in [*n.weights, *n.biases]]) for n in nets])
+    x, y = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
+    starts = [*range(0, N, batch), N]
+    scales = [1.0 / (b - a) for a, b in zip(starts, starts[1:])]
+    active = [True, True, False, True, True]
+    runs = {}
+    for workers in (1, 2, 3):
+        flat, grad, state = start.clone(), torch.zeros_like(start), torch.zeros_like(start)
+        costs, sums = torch.zeros(K, len(scales), dtype=dtype), torch.zeros(2, K, len(scales), dtype=dtype)
+        for _ in range(3):
+            native.epoch(flat.numpy(), grad.numpy(), state.numpy(), x.numpy(), y.numpy(), costs.numpy(),
+                         sums.numpy(), sizes, starts, scales, cost="cross_entropy",
+                         rule=native.RULES["Momentum"], l1=[1e-3] * K, l2=[0.0, 1e-3, 0.0, 2e-3, 1e-4],
+                         lr=[0.3, 0.5, 0.7, 0.9, 1.1],
+                         alpha=[0.9] * K, active=active, workers=workers)  # fmt: skip
+        runs[workers] = flat, grad, state, costs, sums
+    assert torch.equal(runs[1][0][2], start[2]) and not runs[1][3][2].any()
+    assert not torch.equal(runs[1][0][0], start[0])
+    for workers in (2, 3):
+        for got, want in zip(runs[workers], runs[1]):
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("n", [5, N])  # the loops' products, BLAS's
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_evaluate_is_the_forward_pass_cost_and_accuracy(n, dtype):
+    """native.evaluate (a fit's validation where the native loop trains): each member's J (its cost,
+    mean or summed, plus the penalties) and accuracy, as the readable forward pass and cost give
+    them, for members with their own data or sharing it, on one thread or several."""
+    from mlp_torch.model.backprop import output_terms
+    from mlp_torch.model.network import feedforward
+
+    sizes, K = [3, 7, 5, 4], 3
+    nets = [SigmoidMLP(sizes, seed=k).to(dtype) for k in range(K)]
+    flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in [*m.weights, *m.biases]]) for m in nets])
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(K, n, sizes[0], generator=g, dtype=dtype)
+    y = torch.nn.functional.one_hot(torch.randint(0, sizes[-1], (K, n), generator=g), sizes[-1]).to(dtype)
+    l1, l2 = [0.0, 1e-3, 2e-3], [1e-3, 0.0, 5e-4]
+    for cost, reduction, shared, workers in itertools.product(
+        ["quadratic", "cross_entropy"], ["mean", "sum"], [False, True], [1, 2]
+    ):
+        xs, ys = (x[0], y[0]) if shared else (x, y)
+        got = native.evaluate(flat.numpy(), xs.numpy(), ys.numpy(), sizes, cost=cost, l1=l1, l2=l2,
+                              mean=reduction == "mean", workers=workers)  # fmt: skip
+        for k, m in enumerate(nets):
+            xk, yk = (x[0], y[0]) if shared else (x[k], y[k])
+            with torch.no_grad():
+                zs, acts = feedforward(m.weights, m.biases, xk)
+                s = 1.0 / n if reduction == "mean" else 1.0
+                J = output_terms(m.weights, zs[-1], acts[-1], yk, cost=cost, l1=l1[k], l2=l2[k], scale=s)["J"]
+            right = float((acts[-1].argmax(-1) == yk.argmax(-1)).double().mean())
+            case = (cost, reduction, shared, workers, k)
+            assert got[k, 0] == pytest.approx(float(J), rel=1e-12 if dtype == torch.float64 else 1e-5), case
+            assert got[k, 1] == right, case
+
+
 def test_a_nan_stays_a_nan():
     """fastmath here never assumes finite values: a weight gone NaN makes z_L NaN (J non-finite:
     the divergence is caught), and the sigmoid of +-inf is 1 or 0."""
@@ -242,7 +307,8 @@ def test_the_module_trains_the_same_run_natively_and_in_torch(batch_size, caplog
     assert native_J == pytest.approx(torch_J, rel=1e-12) and float(logged) == pytest.approx(
         native_J, rel=1e-6
     )  # train/J of the last epoch
-    assert records[True].keys() == records[False].keys() and "sparsity/layer_0" in records[True]
+    assert records[True].keys() == records[False].keys()
+    assert {"sparsity/layer_0", "val/J", "val/acc"} <= records[True].keys()  # val/*: native.evaluate
     for name, value in records[False].items():  # the compiled figures and the torch loop's
         assert records[True][name] == pytest.approx(value, rel=1e-12, abs=1e-15), name
 

@@ -72,7 +72,7 @@ from mlp_torch.model.optim import GradientDescent, HeavyBall, Momentum
 from mlp_torch.train import loop
 from mlp_torch.train.distributed import max_over_ranks, shard, sum_over_ranks, update_shards
 from mlp_torch.train.events import RunEvents
-from mlp_torch.train.threads import choose_num_threads, largest_product, use_threads
+from mlp_torch.train.threads import available_cores, choose_num_threads, largest_product, use_threads
 
 __all__ = ["CrossCheckError", "MLPModule", "MemberStatus", "default_optimizer"]
 
@@ -211,6 +211,8 @@ class MLPModule(L.LightningModule):
             for small data, hence not every epoch.
         num_threads: intra-op threads; ``None``: by the size of an update's largest matrix
             product (:func:`mlp_torch.train.threads.choose_num_threads`: 1 for small networks).
+            Also the threads among which the native loop shares K > 1 members' epochs (``None``:
+            every core this process may use, at most K).
         native: run each epoch's updates as one compiled call (:mod:`mlp_torch.train.native`)
             where it covers the run: on the CPU, small matrix products, hand-written gradients
             without a cross-check, an optimizer of :mod:`mlp_torch.optim`, one process; the
@@ -559,7 +561,14 @@ class MLPModule(L.LightningModule):
         kind = "Nesterov" if opt.defaults.get("nesterov") else type(opt).__name__
         why = self._why_not_native(opt, kind, rows)
         self._native_decided, self._native_rule = not why, native.RULES.get(kind, -1)
-        on = "each epoch's updates in one compiled call; --model.native false for the torch loop"
+        # members are independent: their epochs shared among the cores (one compiled call per
+        # thread, each member's numbers the same whatever the split), once per epoch, not per update
+        K = self.n_members
+        self._native_workers = min(K, self.hparams.num_threads or available_cores())
+        on = "each epoch's updates in one compiled call"
+        if self._native_workers > 1:
+            on += f", the {K} members' epochs shared among {self._native_workers} threads"
+        on += "; --model.native false for the torch loop"
         rank_zero_info(f"native: on ({on})" if not why else f"native: off ({why}): the torch loop")
         return self._native_decided
 
@@ -642,16 +651,15 @@ class MLPModule(L.LightningModule):
         def members(t: Tensor):  # (K, ...) as numpy, sharing the tensor's memory (made once per tensor)
             return self._cached(("numpy", t.data_ptr(), t.shape), lambda: (t if K > 1 else t[None]).numpy())
 
-        def per_member(value) -> list[float]:
-            return value.tolist() if isinstance(value, Tensor) else [float(value)] * K
-
         costs, sums = np.zeros((K, U), dtype), np.zeros((2, K, U), dtype)
         mean = self.hparams.reduction == "mean"
         scales = self._cached(("scales", sizes.tobytes(), mean), lambda: 1.0 / sizes if mean else np.ones(U))
+        per_member = self._per_member_list
         settings = dict(cost=self.hparams.cost, rule=self._native_rule, l1=per_member(self.l1),
                         l2=per_member(self.l2), lr=per_member(group["lr"]),
                         alpha=per_member(group.get("alpha", 0.0)), active=self._active,
-                        threads=torch.get_num_threads())  # fmt: skip
+                        workers=self._native_workers,
+                        threads=max(1, torch.get_num_threads() // self._native_workers))  # fmt: skip
         x, y, order = x.numpy(), y.numpy(), None if index is None else index.numpy()
         for updates in chunks:  # one chunk (all of this rank's examples) unless streamed
             lo, hi = int(bounds[updates.start]), int(bounds[updates.stop])
@@ -669,6 +677,10 @@ class MLPModule(L.LightningModule):
         figures = native.figures(costs, sums, sizes, settings["l1"], settings["l2"], members(self.flat),
                                  self.net.sizes, mean=mean, near_zero=NEAR_ZERO)  # (K, 5 + L)  # fmt: skip
         return dict(zip(names, figures.T))
+
+    def _per_member_list(self, value: Tensor | float) -> list[float]:
+        """A setting (one value, or a ``(K,)`` tensor of one per member) as one float per member."""
+        return value.tolist() if isinstance(value, Tensor) else [float(value)] * self.n_members
 
     def _torch_epoch(self, x: Tensor, y: Tensor, index: Tensor | None, bounds: np.ndarray, sizes: np.ndarray,
                      chunks: list[range], opt) -> tuple[Tensor, Tensor]:  # fmt: skip
@@ -969,8 +981,23 @@ class MLPModule(L.LightningModule):
         self._validate(*batch)
 
     def _validate(self, x: Tensor, y: Tensor) -> None:
-        """An epoch's validation in a fit: each member's figures logged, its best epoch kept."""
-        logged = self.log_epoch({f"val/{k}": v for k, v in self.evaluate(x, y).items()})
+        """An epoch's validation in a fit: each member's figures logged, its best epoch kept. By
+        :func:`mlp_torch.train.native.evaluate` where the native loop trains a classification."""
+        if getattr(self, "_native_decided", False) and self.hparams.task == "classification":
+            from mlp_torch.train import native
+
+            K = self.n_members
+            flat = self.flat.detach()
+            figures = native.evaluate(
+                (flat if K > 1 else flat[None]).numpy(), x.numpy(), y.numpy(), self.net.sizes,
+                cost=self.hparams.cost, l1=self._per_member_list(self.l1), l2=self._per_member_list(self.l2),
+                mean=self.hparams.reduction == "mean", workers=self._native_workers,
+                threads=max(1, torch.get_num_threads() // self._native_workers),
+            )  # (K, 2)  # fmt: skip
+            figures = {"val/J": figures[:, 0], "val/acc": figures[:, 1]}
+        else:
+            figures = {f"val/{k}": v for k, v in self.evaluate(x, y).items()}
+        logged = self.log_epoch(figures)
         for status, values, active in zip(self.status, logged, self._active):
             J = values["val/J"]
             if active and math.isfinite(J) and (status.best_epoch < 0 or J < status.best["val/J"]):

@@ -65,7 +65,8 @@ import math
 import numpy as np
 
 __all__ = [
-    "FIGURES", "NATIVE_PRODUCT", "RULES", "available", "epoch", "figures", "warm", "why_unavailable"
+    "FIGURES", "NATIVE_PRODUCT", "RULES", "available", "epoch", "evaluate", "figures", "warm",
+    "why_unavailable",
 ]  # fmt: skip
 
 RULES = {"GradientDescent": 0, "Momentum": 1, "HeavyBall": 2, "Nesterov": 3}
@@ -472,6 +473,17 @@ def _gather(a, rows, out):
 
 
 @_exact
+def _layer(W, b, A, Z, A_out, power, blas, zero):
+    """One layer forward for a block: ``Z = A W^T + b`` (by BLAS or :func:`_forward`), ``A_out = f(Z)``."""
+    if blas:
+        np.dot(A, W.T, Z)  # (B, n_out)
+        _add_bias(Z, b)
+    else:
+        _forward(W, b, A, Z, zero)
+    _sigmoid(Z, A_out, power)
+
+
+@_exact
 def _add_bias(Z, b):
     for r in range(Z.shape[0]):
         for j in range(Z.shape[1]):
@@ -505,8 +517,9 @@ def _times_slope(D, A, one):
 
 
 @_exact
-def _epoch(flat, grad, state, x, y, order, costs, sums, sizes, starts, scales, cost, rule, l1, l2, lr, alpha,
-           active, blas_block, zero, one):  # fmt: skip
+def _layout(sizes):
+    """Where each layer's ``W`` (``w_at``, its shape in ``shapes``) and ``b`` (``b_at``) start in
+    a member's flat parameters, and how many weights there are (they come first)."""
     L = len(sizes) - 1
     w_at = np.zeros(L, np.int64)
     b_at = np.zeros(L, np.int64)
@@ -520,6 +533,14 @@ def _epoch(flat, grad, state, x, y, order, costs, sums, sizes, starts, scales, c
     for i in range(L):
         b_at[i] = offset
         offset += sizes[i + 1]
+    return w_at, b_at, shapes, n_weights
+
+
+@_exact
+def _epoch(flat, grad, state, x, y, order, costs, sums, sizes, starts, scales, cost, rule, l1, l2, lr, alpha,
+           active, blas_block, zero, one):  # fmt: skip
+    L = len(sizes) - 1
+    w_at, b_at, shapes, n_weights = _layout(sizes)
     block, largest = 1, 1  # examples per block of the loops; most examples of one update
     for u in range(len(starts) - 1):
         block = max(block, min(starts[u + 1] - starts[u], BLOCK))
@@ -562,7 +583,7 @@ def _epoch(flat, grad, state, x, y, order, costs, sums, sizes, starts, scales, c
                     _gather(yk, use[b0:b1], y_used[b0:b1])
                     X, Y = x_block[:B], y_used[b0:b1]
                 A = X
-                for i in range(L):
+                for i in range(L):  # _layer written out: as a call, 10-15% slower at batch 1
                     Z = z_out[b0:b1] if i == L - 1 else zs[i][:B]
                     b = w[b_at[i] : b_at[i] + sizes[i + 1]]
                     if blas:
@@ -615,6 +636,7 @@ def epoch(
     active,
     order=None,
     threads: int = 1,
+    workers: int = 1,
     blas_block: int = BLAS_BLOCK,
 ) -> None:
     """Every update of one epoch, in place. ``flat``, ``grad`` and ``state`` ``(K, P)``: numpy views
@@ -627,7 +649,10 @@ def epoch(
     ``starts[u]:starts[u + 1]`` of the use order, weighted by ``scales[u]``; ``l1``, ``l2``, ``lr``,
     ``alpha``, ``active`` one per member (inactive members are left as they are, their costs too);
     ``threads`` the BLAS threads of updates on :data:`BLAS_ROWS` examples or more, which take their
-    examples ``blas_block`` at a time."""
+    examples ``blas_block`` at a time; ``workers`` the threads among which the active members are
+    shared, in contiguous groups of (nearly) equal counts, each group's epoch one compiled call
+    (which holds no GIL). Members are independent: every member's numbers are the same bit for bit
+    whatever ``workers``."""
     dtype = flat.dtype
     starts = np.asarray(starts, np.int64)
     blas = len(starts) > 1 and int((starts[1:] - starts[:-1]).max()) >= BLAS_ROWS
@@ -640,18 +665,66 @@ def epoch(
     x, y, c, s = (np.ascontiguousarray(a) for a in (x, y, costs, sums))
     x, y = (a if a.ndim == 3 else a[None] for a in (x, y))  # (1 or K, N, ...)
     order = _NO_ORDER if order is None else np.ascontiguousarray(order, np.int64).reshape(-1, order.shape[-1])
-    changed = _set_blas_threads(threads if blas else None)
-    try:
-        _epoch(flat, grad, flat if state is None else state, x, y, order, c, s,
-               np.asarray(sizes, np.int64), starts, np.asarray(scales, dtype), COSTS[cost],
-               rule, *(np.asarray(v, dtype) for v in (l1, l2, lr, alpha)), np.asarray(active, np.bool_),
-               blas_block, dtype.type(0), dtype.type(1))  # fmt: skip
-    finally:
-        _restore_blas_threads(changed)
+    state = flat if state is None else state  # (gradient descent keeps none: not read)
+    per_member = [np.asarray(v, dtype) for v in (l1, l2, lr, alpha)]
+    active = np.asarray(active, np.bool_)
+    settings = (np.asarray(sizes, np.int64), starts, np.asarray(scales, dtype), COSTS[cost], rule)
+    tail = (blas_block, dtype.type(0), dtype.type(1))
+
+    def members(k0: int, k1: int) -> None:  # members k0 ... k1 - 1
+        def rows(a):  # their rows of a per-member array, or the array all members share
+            return a if a.shape[0] == 1 else a[k0:k1]
+
+        s_k = s if (k0, k1) == (0, len(flat)) else np.ascontiguousarray(s[:, k0:k1])
+        _epoch(flat[k0:k1], grad[k0:k1], state[k0:k1], rows(x), rows(y), rows(order), c[k0:k1], s_k,
+               *settings, *(v[k0:k1] for v in per_member), active[k0:k1], *tail)  # fmt: skip
+        if s_k is not s:
+            s[:, k0:k1] = s_k
+
+    _in_groups(members, _groups(active, workers), threads if blas else None)
     if c is not costs:
         costs[...] = c
     if s is not sums:
         sums[...] = s
+
+
+def _groups(active: np.ndarray, workers: int) -> list[tuple[int, int]]:
+    """The members of each worker, ``(first, last + 1)``: the active members in ``workers`` (at
+    most) contiguous groups of (nearly) equal counts; one group of all when one worker would do."""
+    on = np.flatnonzero(active)
+    if workers <= 1 or len(on) <= 1:
+        return [(0, len(active))]
+    return [(int(part[0]), int(part[-1]) + 1) for part in np.array_split(on, min(workers, len(on)))]
+
+
+def _in_groups(members, groups: list[tuple[int, int]], threads) -> None:
+    """``members(k0, k1)`` for each group, on threads of their own when there are several, with
+    BLAS on ``threads`` threads (``None``: left alone)."""
+    changed = _set_blas_threads(threads)
+    try:
+        if len(groups) == 1:
+            members(*groups[0])
+        else:
+            for done in [_pool(len(groups)).submit(members, *g) for g in groups]:
+                done.result()
+    finally:
+        _restore_blas_threads(changed)
+
+
+_executor, _executor_size = None, 0  # the threads of parallel members (made when first needed)
+
+
+def _pool(workers: int):
+    """A pool of at least ``workers`` threads (the last one, or a larger one in its place)."""
+    global _executor, _executor_size
+    if _executor_size < workers:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if _executor is not None:
+            _executor.shutdown(wait=True)
+        _executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlp_torch-members")
+        _executor_size = workers
+    return _executor
 
 
 _NO_ORDER = np.zeros((1, 0), np.int64)  # the rows as stored
@@ -709,6 +782,78 @@ def _figures(costs, sums, counts, l1, l2, flat, sizes, mean, near_zero, out):
                 small += abs(flat[k, p]) < near_zero
             out[k, 5 + i] = small / size
             at += size
+
+
+def evaluate(flat, x, y, sizes, *, cost: str, l1, l2, mean: bool, threads: int = 1, workers: int = 1):
+    """Each member's ``J`` and accuracy on a whole split of a classification (a fit's validation),
+    ``(K, 2)`` float64: the forward pass of every example (BLAS's products from :data:`BLAS_ROWS`
+    examples, :data:`BLAS_BLOCK` at a time), the cost summed as :func:`_update_costs` sums an
+    update's (``mean``: divided by the examples), plus ``l1 sum |w| + l2 sum w^2``; the accuracy the
+    fraction of examples whose largest output (the first, where several tie) is their target's.
+    ``flat`` ``(K, P)``, ``x``, ``y`` ``(N, ...)`` shared or ``(K, N, ...)`` one each, ``l1``, ``l2``
+    one per member; ``threads``, ``workers`` as :func:`epoch`'s. As
+    :meth:`mlp_torch.train.module.MLPModule.evaluate` by tensor operations, which cost more than the
+    epoch's updates on small data."""
+    dtype = flat.dtype
+    x, y = (np.ascontiguousarray(a) for a in (x, y))
+    x, y = (a if a.ndim == 3 else a[None] for a in (x, y))  # (1 or K, N, ...)
+    l1, l2 = (np.asarray(v, dtype) for v in (l1, l2))
+    sizes = np.asarray(sizes, np.int64)
+    out = np.empty((len(flat), 2))
+
+    def members(k0: int, k1: int) -> None:
+        def rows(a):
+            return a if a.shape[0] == 1 else a[k0:k1]
+
+        _evaluate(flat[k0:k1], rows(x), rows(y), sizes, COSTS[cost], l1[k0:k1], l2[k0:k1], mean, out[k0:k1],
+                  BLAS_BLOCK, dtype.type(0))  # fmt: skip
+
+    blas = x.shape[1] >= BLAS_ROWS
+    _in_groups(members, _groups(np.ones(len(flat), np.bool_), workers), threads if blas else None)
+    return out
+
+
+@_exact
+def _evaluate(flat, x, y, sizes, cost, l1, l2, mean, out, blas_block, zero):
+    L = len(sizes) - 1
+    w_at, b_at, shapes, n_weights = _layout(sizes)
+    n, n_out = x.shape[1], sizes[L]
+    rows = max(1, min(n, blas_block))
+    dtype = flat.dtype
+    acts = [np.empty((rows, sizes[i + 1]), dtype=dtype) for i in range(L)]
+    zs = [np.empty((rows, sizes[i + 1]), dtype=dtype) for i in range(L)]
+    cost_values = np.empty((rows, n_out), dtype=dtype)
+    power = np.empty(max(sizes.max(), 256), dtype=dtype)
+    pair = np.zeros(2, dtype=dtype)
+    block_cost = np.zeros(1)
+    starts = np.zeros(2, np.int64)
+    for k in range(flat.shape[0]):
+        w = flat[k]
+        Ws = _views(flat, w_at, shapes, k)
+        xk, yk = x[min(k, x.shape[0] - 1)], y[min(k, y.shape[0] - 1)]
+        total, right = 0.0, 0
+        for b0 in range(0, n, rows):
+            b1 = min(b0 + rows, n)
+            B = b1 - b0
+            A = xk[b0:b1]
+            for i in range(L):
+                b = w[b_at[i] : b_at[i] + sizes[i + 1]]
+                _layer(Ws[i], b, A, zs[i][:B], acts[i][:B], power, B >= BLAS_ROWS, zero)
+                A = acts[i][:B]
+            starts[1] = B
+            _update_costs(zs[L - 1][:B], yk[b0:b1], cost_values[:B], starts, cost, power, block_cost)
+            total += block_cost[0]
+            for r in range(B):
+                guess, label = 0, 0
+                for j in range(1, n_out):
+                    if A[r, j] > A[r, guess]:
+                        guess = j
+                    if yk[b0 + r, j] > yk[b0 + r, label]:
+                        label = j
+                right += guess == label
+        _penalty_sums(w, n_weights, pair, zero)
+        out[k, 0] = (total / n if mean else total) + l1[k] * pair[0] + l2[k] * pair[1]
+        out[k, 1] = right / n
 
 
 _blas_libraries = None  # threadpoolctl's controllers of the BLAS libraries loaded (found once)
