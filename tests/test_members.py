@@ -158,3 +158,18 @@ def test_stacked_fused_backprop_equals_the_readable_one(sizes, shared_x, cost):
     torch.testing.assert_close(z_out, feedforward(weights, biases, x)[0][-1], rtol=1e-13, atol=1e-15)
     for fused, readable in zip(grad_W + grad_b, bp.grad_W + bp.grad_b):
         assert relative_error(fused, readable) <= 1e-12
+
+
+def test_a_member_status_as_a_dict_is_asdicts_own_copy():
+    """MemberStatus.as_dict (what a sweep's checkpoints store) is dataclasses.asdict's result, in
+    its order, its dicts copies: changing the status later changes no checkpoint."""
+    from dataclasses import asdict
+
+    from mlp_torch.train.module import MemberStatus
+
+    status = MemberStatus(epochs=5, stopped="converged", why="J settled", best_epoch=3,
+                          best={"val/J": 0.5, "val/acc": 0.9}, last={"train/J": 0.4})  # fmt: skip
+    got = status.as_dict()
+    assert got == asdict(status) and list(got) == list(asdict(status))
+    status.best["val/J"], status.last["train/J"] = 0.1, 0.2
+    assert got["best"]["val/J"] == 0.5 and got["last"]["train/J"] == 0.4

@@ -52,7 +52,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -102,6 +102,12 @@ class MemberStatus:
     best_epoch: int = -1  # the epoch of the lowest val/J (-1: never validated)
     best: dict[str, float] = field(default_factory=dict)  # val/J and the val metric at best_epoch
     last: dict[str, float] = field(default_factory=dict)  # the last epoch's train/ and val/ figures
+
+    def as_dict(self) -> dict:
+        """``dataclasses.asdict(self)`` (its dicts copied), without asdict's deep copy of every
+        value: a sweep's checkpoint took 1.2 ms for its 32 members' with it."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: dict(v) if isinstance(v, dict) else v for name, v in values.items()}
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
@@ -1070,7 +1076,7 @@ class MLPModule(L.LightningModule):
             for key, values in self.records[0].items():
                 checkpoint.setdefault(key, {}).update(values)
         else:
-            checkpoint["members"] = {"names": list(self.names), "status": [asdict(s) for s in self.status]}
+            checkpoint["members"] = {"names": list(self.names), "status": [s.as_dict() for s in self.status]}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._saved_schedulers = checkpoint.get("lr_schedulers") or []
@@ -1132,7 +1138,7 @@ class MLPModule(L.LightningModule):
             "hparams_name": "kwargs",
             "hyper_parameters": {**hyper, **record.get("hyper_parameters", {})},
             "datamodule_hyper_parameters": dict(record.get("datamodule_hyper_parameters", {})),
-            "member": {"name": self.names[k], **asdict(self.status[k])},
+            "member": {"name": self.names[k], **self.status[k].as_dict()},
         }
 
     def optimizer_hparams(self, k: int = 0) -> dict[str, object]:
