@@ -169,3 +169,38 @@ def test_scalars_dashboard_draws_every_members_train_J_in_chromium(sweep_server,
     assert sorted(card["runs"]) == sorted(runs)  # ... loads every member's run
     assert len(card["colours"]) == len(runs)  # ... and draws a line in each one's colour
     assert (tmp_path / "scalars.png").stat().st_size > 10_000  # a real picture, not an empty page
+
+
+def test_the_records_checksums_are_tensorboards(tmp_path):
+    """RunEvents' CRC-32C (compiled where numba is loaded) is TensorBoard's masked_crc32c, on
+    every length; a written file's records all carry the checksums TensorBoard's reader expects."""
+    import random
+    import struct
+
+    import torch
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    from mlp_torch.train import events
+
+    pytest.importorskip("numba")
+    crc = events.checksum()
+    assert crc is not masked_crc32c  # numba is loaded here: the compiled one
+    rng = random.Random(0)
+    for n in [0, 1, 3, 8, 9, 255, 256, 1000]:
+        data = bytes(rng.randrange(256) for _ in range(n))
+        assert crc(data) == masked_crc32c(data), n
+    run = events.RunEvents(tmp_path)
+    run.add({"train/J": 0.5, "val/acc": 0.9}, step=0)
+    run.histogram("weights/W1", torch.randn(100, 64), step=0)
+    run.close()
+    (path,) = tmp_path.glob("events.out.tfevents.*")
+    raw, at, records = path.read_bytes(), 0, 0
+    while at < len(raw):
+        header = raw[at : at + 8]
+        (length,) = struct.unpack("<Q", header)
+        (header_crc,) = struct.unpack("<I", raw[at + 8 : at + 12])
+        data = raw[at + 12 : at + 12 + length]
+        (data_crc,) = struct.unpack("<I", raw[at + 12 + length : at + 16 + length])
+        assert header_crc == masked_crc32c(header) and data_crc == masked_crc32c(data)
+        at, records = at + 16 + length, records + 1
+    assert records == 3  # the file version, the scalars, the histogram
