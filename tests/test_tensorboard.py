@@ -8,6 +8,7 @@ skips where no Chromium is installed (``scripts/setup`` does not install one; on
 ``apt-get install chromium``). Every server and browser is stopped, whatever the outcome.
 """
 
+import math
 import os
 import sys
 import urllib.parse
@@ -169,6 +170,44 @@ def test_scalars_dashboard_draws_every_members_train_J_in_chromium(sweep_server,
     assert sorted(card["runs"]) == sorted(runs)  # ... loads every member's run
     assert len(card["colours"]) == len(runs)  # ... and draws a line in each one's colour
     assert (tmp_path / "scalars.png").stat().st_size > 10_000  # a real picture, not an empty page
+
+
+def test_the_compiled_histograms_count_as_torch_histc(monkeypatch):
+    """histogram_figures' compiled pass (numba loaded) gives torch's figures: the same min, max and
+    counts (torch.histc's bins, values on the bins' edges included), the sum and the sum of squares
+    to 1e-12 relative (summed in another order), nothing for NaN or inf, one bin for equal values;
+    float32 and float64, CPU tensors and views."""
+    import torch
+
+    from mlp_torch.train import events
+
+    pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(0)
+    on_edges = torch.arange(-15, 16, dtype=torch.float64).repeat(3)  # (93,): every bin edge of 30 bins
+    cases = [torch.randn(n, generator=g) for n in (1, 2, 7, 6400)] + [
+        on_edges, on_edges / 7, 1 + 1e-12 * torch.randn(50, generator=g, dtype=torch.float64),
+        1e30 * torch.randn(64, generator=g), torch.full((5,), 0.25), torch.zeros(4, dtype=torch.float64),
+        torch.randn(8, 100, generator=g)[3], torch.randn(10, 10, generator=g).t(),
+        torch.tensor([1.0, float("nan")]), torch.tensor([float("nan"), 1.0]),
+        torch.tensor([1.0, float("inf")]), torch.tensor([-float("inf"), 2.0]),
+        torch.tensor([1e200, 1e200], dtype=torch.float64),
+    ]  # fmt: skip
+    cases += [t.double() for t in cases[:4]] + [on_edges.float()]
+    compiled = [events.histogram_figures(t, bins) for t in cases for bins in (30, 5)]
+    assert events._compiled(events._histogram) is not None  # numba is loaded here: the compiled pass ran
+    monkeypatch.setattr(events, "_compiled", lambda fn: None)
+    theirs = [events.histogram_figures(t, bins) for t in cases for bins in (30, 5)]
+    assert [c is None for c in compiled] == [t is None for t in theirs]
+    assert sum(c is None for c in compiled) == 2 * 5  # the NaN, inf and overflowing cases
+    for ours, torchs in zip(compiled, theirs):
+        if ours is None:
+            continue
+        low, high, total, squares, counts = ours
+        assert (low, high, counts) == (torchs[0], torchs[1], torchs[4])
+        scale = math.sqrt(sum(counts) * squares)  # >= sum |v|: the sums' rounding is relative to it
+        assert total == pytest.approx(torchs[2], rel=0, abs=1e-12 * scale)
+        assert squares == pytest.approx(torchs[3], rel=1e-12, abs=0)
+    assert compiled[4 * 2][4] == [3] * 29 + [6]  # -15 ... 15, 3 each: 15 is the max, in the last bin
 
 
 def test_the_records_checksums_are_tensorboards(tmp_path):

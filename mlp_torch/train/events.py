@@ -30,7 +30,7 @@ from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import CRC_TABLE, mask
 from tensorboard.summary.writer.record_writer import RecordWriter
 from torch import Tensor
 
-__all__ = ["HISTOGRAM_BINS", "RunEvents", "checksum"]
+__all__ = ["HISTOGRAM_BINS", "RunEvents", "checksum", "histogram_figures"]
 
 HISTOGRAM_BINS = 30  # bins of the weight and gradient histograms
 
@@ -53,25 +53,29 @@ class RunEvents:
         self.summary(Summary(value=values), step)
 
     def histogram(self, tag: str, t: Tensor, step: int, bins: int = HISTOGRAM_BINS) -> None:
-        """``t``'s histogram in ``bins`` equal bins from its min to its max, counted by torch
-        (``SummaryWriter.add_histogram`` takes milliseconds per tensor: numpy, and a thousand
-        exponential bins); nothing for a tensor with inf or NaN, which TensorBoard rejects."""
-        t = t.detach().flatten().double()  # (n,)
-        stats = torch.stack([t.min(), t.max(), t.sum(), t.dot(t)]).tolist() if t.numel() else []
-        if not stats or not all(map(math.isfinite, stats)):
-            return
-        low, high, total, squares = stats
-        if high == low:  # one value: one bin around it
-            low, high, bins = low - 0.5, high + 0.5, 1
-        counts = torch.histc(t, bins, min=low, max=high)  # (bins,)
-        limits = torch.linspace(low, high, bins + 1, dtype=torch.float64)[
-            1:
-        ]  # (bins,): each bin's right edge
-        histogram = HistogramProto(
-            min=low, max=high, num=t.numel(), sum=total, sum_squares=squares,
-            bucket_limit=limits.tolist(), bucket=counts.tolist(),
-        )  # fmt: skip
-        self.summary(Summary(value=[Summary.Value(tag=tag, histo=histogram)]), step)
+        """``t``'s histogram in ``bins`` equal bins from its min to its max, as ``torch.histc``
+        counts them (``SummaryWriter.add_histogram`` takes milliseconds per tensor: numpy, and a
+        thousand exponential bins); nothing for a tensor with inf or NaN, which TensorBoard
+        rejects. Counted by :func:`histogram_figures`."""
+        self.histograms({tag: t}, step, bins)
+
+    def histograms(self, tensors: dict[str, Tensor], step: int, bins: int = HISTOGRAM_BINS) -> None:
+        """:meth:`histogram` of each ``tag: tensor`` of ``tensors``, in one event."""
+        values = []
+        for tag, t in tensors.items():
+            figures = histogram_figures(t, bins)
+            if figures is None:
+                continue
+            low, high, total, squares, counts = figures
+            width, n = high - low, len(counts)
+            limits = [low + width * (i + 1) / n for i in range(n - 1)] + [high]  # each bin's right edge
+            histogram = HistogramProto(
+                min=low, max=high, num=t.numel(), sum=total, sum_squares=squares, bucket_limit=limits,
+                bucket=counts,
+            )  # fmt: skip
+            values.append(Summary.Value(tag=tag, histo=histogram))
+        if values:
+            self.summary(Summary(value=values), step)
 
     def text(self, tag: str, text: str, step: int) -> None:
         """A text entry (TensorBoard's Text tab)."""
@@ -114,8 +118,59 @@ class _Records(RecordWriter):
         self._writer.write(header + struct.pack("<I", crc(header)) + data + struct.pack("<I", crc(data)))
 
 
+def histogram_figures(t: Tensor, bins: int = HISTOGRAM_BINS):
+    """``(min, max, sum, sum of squares, counts)`` of ``t``'s values in float64, ``counts`` (a list)
+    of ``bins`` equal bins from the min to the max as ``torch.histc`` counts them (a value's bin
+    ``int((v - min) * bins / (max - min))``, the max in the last); when all values are equal, one
+    bin from ``v - 0.5`` to ``v + 0.5``, which are then the min and max; ``None`` for an empty
+    tensor or one with inf or NaN. One compiled pass (:func:`_histogram`) for a CPU tensor where
+    numba is imported already (the native loop's runs), else six torch operations."""
+    if t.numel() == 0:
+        return None
+    t = t.detach()
+    compiled = _compiled(_histogram) if t.device.type == "cpu" and t.dtype in _NUMPY else None
+    if compiled is not None:
+        counts, out = np.zeros(bins, np.int64), np.empty(4)
+        used = compiled(t.contiguous().view(-1).numpy(), counts, out)
+        return None if used == 0 else (*out.tolist(), counts[:used].tolist())
+    t = t.flatten().double()  # (n,)
+    stats = torch.stack([t.min(), t.max(), t.sum(), t.dot(t)]).tolist()
+    if not all(map(math.isfinite, stats)):
+        return None
+    low, high, total, squares = stats
+    if high == low:  # one value: one bin around it
+        low, high, bins = low - 0.5, high + 0.5, 1
+    return low, high, total, squares, torch.histc(t, bins, min=low, max=high).tolist()
+
+
+_NUMPY = (torch.float32, torch.float64)  # the dtypes _histogram takes
+
+
+def _histogram(values: np.ndarray, counts: np.ndarray, out: np.ndarray) -> int:
+    """:func:`histogram_figures` of ``values`` (1-D, float32 or float64): the min, max, sum and sum
+    of squares into ``out`` (float64), the counts of ``len(counts)`` bins (or of one, when all
+    values are equal) into ``counts`` (zeros); returns the bins used, 0 (nothing counted) where a
+    figure is not finite."""
+    low = high = np.float64(values[0])
+    total = squares = 0.0
+    for v in values:
+        x = np.float64(v)
+        low = min(low, x)
+        high = max(high, x)
+        total += x
+        squares += x * x
+    if not (np.isfinite(total) and np.isfinite(squares) and np.isfinite(low) and np.isfinite(high)):
+        return 0  # (a NaN makes the sum one: min and max may skip it)
+    bins = len(counts)
+    if high == low:
+        low, high, bins = low - 0.5, high + 0.5, 1
+    for v in values:
+        counts[min(int((np.float64(v) - low) * bins / (high - low)), bins - 1)] += 1
+    out[0], out[1], out[2], out[3] = low, high, total, squares
+    return bins
+
+
 _TABLE = np.array(CRC_TABLE, dtype=np.int64)
-_compiled_crc = None
 
 
 def _crc32c(data: np.ndarray, table: np.ndarray) -> int:
@@ -127,26 +182,38 @@ def _crc32c(data: np.ndarray, table: np.ndarray) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+_compiled_functions: dict = {}
+
+
+def _compiled(fn):
+    """``fn`` compiled by numba (``cache=True``) where numba is imported already, else ``None``:
+    this module never imports numba itself (a run of the torch loop does not pay its import)."""
+    if fn not in _compiled_functions:
+        if "numba" not in sys.modules:
+            return None
+        import numba
+
+        _compiled_functions[fn] = numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
+    return _compiled_functions[fn]
+
+
 def checksum():
     """The function that checksums records: :func:`_crc32c` compiled where numba is imported
     already (the native loop's runs; TensorBoard's own CRC, in Python, took about 50 µs for a
     histogram's 600 bytes, half of its cost), else TensorBoard's ``masked_crc32c``."""
-    global _compiled_crc
-    if _compiled_crc is None:
-        if "numba" not in sys.modules:
-            return masked_crc32c
-        import numba
-
-        compiled = numba.njit(cache=True, nogil=True)(_crc32c)
-        _compiled_crc = lambda data: int(compiled(np.frombuffer(data, np.uint8), _TABLE))  # noqa: E731
-    return _compiled_crc
+    compiled = _compiled(_crc32c)
+    if compiled is None:
+        return masked_crc32c
+    return lambda data: int(compiled(np.frombuffer(data, np.uint8), _TABLE))
 
 
 def warm() -> None:
-    """Compile :func:`checksum`'s CRC now, where numba is installed (``scripts/setup`` calls this
-    once, so that no run compiles it)."""
+    """Compile :func:`checksum`'s CRC and :func:`histogram_figures`' pass (float32 and float64) now,
+    where numba is installed (``scripts/setup`` calls this once, so that no run compiles them)."""
     try:
-        import numba  # noqa: F401 (checksum compiles where numba is imported)
+        import numba  # noqa: F401 (they compile where numba is imported)
     except ImportError:
         return
     checksum()(b"mlp_torch")
+    for dtype in _NUMPY:
+        histogram_figures(torch.arange(3, dtype=dtype))

@@ -824,12 +824,15 @@ class MLPModule(L.LightningModule):
         if not (every and self.current_epoch % every == 0):
             return
         K = self.n_members
+        names = self.parameter_names()
         for k, events in enumerate(self.events):
             if events is None or not self._active[k]:
                 continue
-            for name, p, g in zip(self.parameter_names(), [*self.weights, *self.biases], self.grads):
+            tensors = {}
+            for name, p, g in zip(names, [*self.weights, *self.biases], self.grads):
                 for kind, t in (("weights", p), ("grads", g)):
-                    events.histogram(f"{kind}/{name}", t if K == 1 else t[k], self.current_epoch)
+                    tensors[f"{kind}/{name}"] = t if K == 1 else t[k]
+            events.histograms(tensors, self.current_epoch)  # one event
 
     # ---- the members' starts and stops ----------------------------------------------------
 
