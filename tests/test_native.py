@@ -217,6 +217,11 @@ def test_evaluate_is_the_forward_pass_cost_and_accuracy(n, dtype):
             case = (cost, reduction, shared, workers, k)
             assert got[k, 0] == pytest.approx(float(J), rel=1e-12 if dtype == torch.float64 else 1e-5), case
             assert got[k, 1] == right, case
+        for active in ([True, False, True], [False, True, False], [False] * K):  # stopped members: NaN
+            some = native.evaluate(flat.numpy(), xs.numpy(), ys.numpy(), sizes, cost=cost, l1=l1, l2=l2,
+                                   mean=reduction == "mean", active=active, workers=workers)  # fmt: skip
+            for k, on in enumerate(active):
+                assert (some[k] == got[k]).all() if on else np.isnan(some[k]).all(), (case, active)
 
 
 def test_a_nan_stays_a_nan():

@@ -481,11 +481,11 @@ class EpochCheckpoint(ModelCheckpoint):
         use."""
         if self.member is None:
             metrics = trainer.callback_metrics
-        else:
+            candidates = {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in metrics.items()}
+        else:  # (new tensors: nothing to copy)
             figures = trainer.lightning_module.epoch_log[self.member]
             named = {self.monitor, *re.findall(r"{([^}:]+)", self.filename or "")}
-            metrics = {k: torch.tensor(v) for k, v in figures.items() if k in named}
-        candidates = {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in metrics.items()}
+            candidates = {k: torch.tensor(v) for k, v in figures.items() if k in named}
         epoch, step = candidates.get("epoch"), candidates.get("step")
         candidates["epoch"] = (
             epoch.int() if isinstance(epoch, Tensor) else torch.tensor(trainer.current_epoch)

@@ -1015,9 +1015,9 @@ class MLPModule(L.LightningModule):
             figures = native.evaluate(
                 (flat if K > 1 else flat[None]).numpy(), x.numpy(), y.numpy(), self.net.sizes,
                 cost=self.hparams.cost, l1=self._per_member_list(self.l1), l2=self._per_member_list(self.l2),
-                mean=self.hparams.reduction == "mean", workers=self._native_workers,
+                mean=self.hparams.reduction == "mean", active=self._active, workers=self._native_workers,
                 threads=max(1, torch.get_num_threads() // self._native_workers),
-            )  # (K, 2)  # fmt: skip
+            )  # (K, 2), NaN for the members that have stopped (their figures are not used)  # fmt: skip
             figures = {"val/J": figures[:, 0], "val/acc": figures[:, 1]}
         else:
             figures = {f"val/{k}": v for k, v in self.evaluate(x, y).items()}

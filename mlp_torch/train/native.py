@@ -784,14 +784,16 @@ def _figures(costs, sums, counts, l1, l2, flat, sizes, mean, near_zero, out):
             at += size
 
 
-def evaluate(flat, x, y, sizes, *, cost: str, l1, l2, mean: bool, threads: int = 1, workers: int = 1):
+def evaluate(flat, x, y, sizes, *, cost: str, l1, l2, mean: bool, active=None, threads: int = 1,
+             workers: int = 1):  # fmt: skip
     """Each member's ``J`` and accuracy on a whole split of a classification (a fit's validation),
     ``(K, 2)`` float64: the forward pass of every example (BLAS's products from :data:`BLAS_ROWS`
     examples, :data:`BLAS_BLOCK` at a time), the cost summed as :func:`_update_costs` sums an
     update's (``mean``: divided by the examples), plus ``l1 sum |w| + l2 sum w^2``; the accuracy the
     fraction of examples whose largest output (the first, where several tie) is their target's.
     ``flat`` ``(K, P)``, ``x``, ``y`` ``(N, ...)`` shared or ``(K, N, ...)`` one each, ``l1``, ``l2``
-    one per member; ``threads``, ``workers`` as :func:`epoch`'s. As
+    one per member; ``active`` one per member (``None``: all): the others are not evaluated, their
+    row NaN; ``threads``, ``workers`` as :func:`epoch`'s. As
     :meth:`mlp_torch.train.module.MLPModule.evaluate` by tensor operations, which cost more than the
     epoch's updates on small data."""
     dtype = flat.dtype
@@ -799,22 +801,24 @@ def evaluate(flat, x, y, sizes, *, cost: str, l1, l2, mean: bool, threads: int =
     x, y = (a if a.ndim == 3 else a[None] for a in (x, y))  # (1 or K, N, ...)
     l1, l2 = (np.asarray(v, dtype) for v in (l1, l2))
     sizes = np.asarray(sizes, np.int64)
-    out = np.empty((len(flat), 2))
+    active = np.ones(len(flat), np.bool_) if active is None else np.asarray(active, np.bool_)
+    out = np.full((len(flat), 2), np.nan)
 
     def members(k0: int, k1: int) -> None:
         def rows(a):
             return a if a.shape[0] == 1 else a[k0:k1]
 
-        _evaluate(flat[k0:k1], rows(x), rows(y), sizes, COSTS[cost], l1[k0:k1], l2[k0:k1], mean, out[k0:k1],
-                  BLAS_BLOCK, dtype.type(0))  # fmt: skip
+        _evaluate(flat[k0:k1], rows(x), rows(y), sizes, COSTS[cost], l1[k0:k1], l2[k0:k1], mean,
+                  active[k0:k1], out[k0:k1], BLAS_BLOCK, dtype.type(0))  # fmt: skip
 
-    blas = x.shape[1] >= BLAS_ROWS
-    _in_groups(members, _groups(np.ones(len(flat), np.bool_), workers), threads if blas else None)
+    if active.any():
+        blas = x.shape[1] >= BLAS_ROWS
+        _in_groups(members, _groups(active, workers), threads if blas else None)
     return out
 
 
 @_exact
-def _evaluate(flat, x, y, sizes, cost, l1, l2, mean, out, blas_block, zero):
+def _evaluate(flat, x, y, sizes, cost, l1, l2, mean, active, out, blas_block, zero):
     L = len(sizes) - 1
     w_at, b_at, shapes, n_weights = _layout(sizes)
     n, n_out = x.shape[1], sizes[L]
@@ -828,6 +832,8 @@ def _evaluate(flat, x, y, sizes, cost, l1, l2, mean, out, blas_block, zero):
     block_cost = np.zeros(1)
     starts = np.zeros(2, np.int64)
     for k in range(flat.shape[0]):
+        if not active[k]:
+            continue
         w = flat[k]
         Ws = _views(flat, w_at, shapes, k)
         xk, yk = x[min(k, x.shape[0] - 1)], y[min(k, y.shape[0] - 1)]
