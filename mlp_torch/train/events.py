@@ -201,10 +201,16 @@ def checksum():
     """The function that checksums records: :func:`_crc32c` compiled where numba is imported
     already (the native loop's runs; TensorBoard's own CRC, in Python, took about 50 µs for a
     histogram's 600 bytes, half of its cost), else TensorBoard's ``masked_crc32c``."""
-    compiled = _compiled(_crc32c)
-    if compiled is None:
-        return masked_crc32c
-    return lambda data: int(compiled(np.frombuffer(data, np.uint8), _TABLE))
+    global _checksum
+    if _checksum is None:
+        compiled = _compiled(_crc32c)
+        if compiled is None:
+            return masked_crc32c
+        _checksum = lambda data: int(compiled(np.frombuffer(data, np.uint8), _TABLE))  # noqa: E731
+    return _checksum
+
+
+_checksum = None  # checksum()'s compiled one, made once
 
 
 def warm() -> None:
